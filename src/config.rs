@@ -1,0 +1,880 @@
+//! Configuration: `config/default.toml` (embedded) < optional file < environment variables.
+//!
+//! Environment variables are mapped explicitly, one by one ([`ENV_VARS`]), rather than through a
+//! prefix convention, because the names are fixed by the tutorial (DATA_API_ENDPOINT, DB, …) and by
+//! the Python runner (API_KEY, ENVIRONMENT_ID, …). The table is also the single place that says which
+//! settings are secrets.
+//!
+//! Validation happens once, at start-up; every error names the variable, the key and the accepted
+//! values, so a typo in a container's environment fails fast and clearly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::events::{EventType, Status};
+
+/// The documented defaults, embedded so the binary runs with no file around it.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// One environment variable and the configuration key it overrides.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvVar {
+    pub name: &'static str,
+    pub key: &'static str,
+    pub secret: bool,
+}
+
+const fn var(name: &'static str, key: &'static str) -> EnvVar {
+    EnvVar {
+        name,
+        key,
+        secret: false,
+    }
+}
+const fn secret(name: &'static str, key: &'static str) -> EnvVar {
+    EnvVar {
+        name,
+        key,
+        secret: true,
+    }
+}
+
+/// Every environment variable the daemon reads, and the key it sets.
+pub const ENV_VARS: &[EnvVar] = &[
+    var("HTTP_LISTEN", "http.listen"),
+    secret("HTTP_TOKEN", "http.token"),
+    var("HTTP_MAX_BODY_BYTES", "http.max_body_bytes"),
+    var("STORAGE_BACKENDS", "storage.backends"),
+    var("STORAGE_PRIMARY", "storage.primary"),
+    var("ID_STRATEGY", "storage.id_strategy"),
+    var("DB", "storage.database"),
+    var("RESCHEDULE_COUNTDOWN", "storage.reschedule_countdown"),
+    var("LOCAL_DATA_DIR", "storage.local.path"),
+    secret("MONGODB_URI", "storage.driver.uri"),
+    var("DB_HOST", "storage.driver.host"),
+    var("DB_USER", "storage.driver.user"),
+    secret("DB_PASSWORD", "storage.driver.password"),
+    var("DRIVER_COLLECTION", "storage.driver.collection"),
+    var("DRIVER_WRITE_CONCERN", "storage.driver.write_concern"),
+    var(
+        "DRIVER_SERVER_SELECTION_TIMEOUT_MS",
+        "storage.driver.server_selection_timeout_ms",
+    ),
+    var("DRIVER_BATCH_MAX", "storage.driver.batch_max"),
+    var("DRIVER_BATCH_WAIT_MS", "storage.driver.batch_wait_ms"),
+    var("DATA_API_ENDPOINT", "storage.data_api.endpoint"),
+    secret("DATA_API_KEY", "storage.data_api.api_key"),
+    secret("DATA_API_BEARER_TOKEN", "storage.data_api.bearer_token"),
+    var("DATA_API_EMAIL", "storage.data_api.email"),
+    secret("DATA_API_PASSWORD", "storage.data_api.password"),
+    var("CLUSTER", "storage.data_api.cluster"),
+    var("HTTP_COLLECTION", "storage.data_api.collection"),
+    var("DATA_API_EJSON", "storage.data_api.ejson"),
+    var("DATA_API_TIMEOUT_MS", "storage.data_api.request_timeout_ms"),
+    var("DATA_API_DEADLINE_MS", "storage.data_api.deadline_ms"),
+    var("PERSIST_EVENTS", "events.persist"),
+    secret("API_KEY", "connect.api_key"),
+    var("ENVIRONMENT_ID", "connect.environment_id"),
+    var("INSTANCE_ID", "connect.instance_id"),
+    var("SERVER_ADDRESS", "connect.server_address"),
+    var("API_ADDRESS", "connect.api_address"),
+    var("CONNECT_INSECURE", "connect.insecure"),
+    var(
+        "BACKGROUND_TASK_MAX_EXECUTION_TIME",
+        "connect.background_task_max_execution_time",
+    ),
+    var(
+        "INTERACTIVE_TASK_MAX_EXECUTION_TIME",
+        "connect.interactive_task_max_execution_time",
+    ),
+    var("CONNECT_SETUP_TIMEOUT", "connect.setup_timeout"),
+    var("CONNECT_MAX_IN_FLIGHT", "connect.max_in_flight"),
+    var("CONNECT_MAX_FRAME_BYTES", "connect.max_frame_bytes"),
+    var("CONNECT_PING_INTERVAL", "connect.ping_interval"),
+    var("CONNECT_RESULT_BUFFER", "connect.result_buffer"),
+    var("CONNECT_PERSIST_INTERACTIVE", "connect.persist_interactive"),
+    var("RUNNER_VERSION", "connect.runner_version"),
+    var("EXTENSION_AUDIENCE", "connect.audience"),
+    var("EXTENSION_README_URL", "connect.readme_url"),
+    var("EXTENSION_CHANGELOG_URL", "connect.changelog_url"),
+    var("LOG_FORMAT", "telemetry.log_format"),
+    var("SHUTDOWN_GRACE", "shutdown.grace"),
+];
+
+/// The variable that overrides `key`, if any.
+pub fn env_name_for(key: &str) -> Option<&'static str> {
+    ENV_VARS.iter().find(|v| v.key == key).map(|v| v.name)
+}
+
+/// A configuration error: always names the setting (variable and key) and what is accepted.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn setting_error(key: &str, message: impl fmt::Display) -> ConfigError {
+    match env_name_for(key) {
+        Some(env) => ConfigError(format!("{env} (config key `{key}`): {message}")),
+        None => ConfigError(format!("config key `{key}`: {message}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------------------------
+
+/// A secret string: redacted in `Debug`, `Display` and serialization (check-config output).
+/// Exposed only where a request or connection is built, through [`Secret::expose`].
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// What logs may show: empty stays empty, a URI keeps everything but its password,
+    /// anything else becomes `***`.
+    pub fn redacted(&self) -> String {
+        if self.0.is_empty() {
+            return String::new();
+        }
+        redact_uri(&self.0).unwrap_or_else(|| "***".to_string())
+    }
+}
+
+/// `scheme://user:***@host/...` for a URI carrying a password; `None` when `s` is not such a URI.
+pub fn redact_uri(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let at = rest.rfind('@')?;
+    let (userinfo, host) = rest.split_at(at);
+    let user = userinfo.split(':').next().unwrap_or("");
+    Some(format!("{scheme}://{user}:***{host}"))
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({:?})", self.redacted())
+    }
+}
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub storage: StorageSettings,
+    pub events: EventsSettings,
+    pub connect: ConnectSettings,
+    pub telemetry: TelemetrySettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    pub token: Secret,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdStrategy {
+    State,
+    Task,
+    Generated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    Local,
+    Driver,
+    DataApi,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [Self::Local, Self::Driver, Self::DataApi];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Driver => "driver",
+            Self::DataApi => "data_api",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StorageSettings {
+    /// Raw value of `storage.backends` ("auto" or a list); see [`StorageSettings::backend_list`].
+    pub backends: String,
+    pub primary: String,
+    pub id_strategy: IdStrategy,
+    pub database: String,
+    pub reschedule_countdown: u64,
+    pub local: LocalSettings,
+    pub driver: DriverSettings,
+    pub data_api: DataApiSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LocalSettings {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct DriverSettings {
+    pub uri: Secret,
+    pub host: String,
+    pub user: String,
+    pub password: Secret,
+    pub collection: String,
+    pub write_concern: String,
+    pub server_selection_timeout_ms: u64,
+    pub batch_max: usize,
+    pub batch_wait_ms: u64,
+}
+
+impl DriverSettings {
+    pub fn is_configured(&self) -> bool {
+        !self.uri.is_empty() || !self.host.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct DataApiSettings {
+    pub endpoint: String,
+    pub api_key: Secret,
+    pub bearer_token: Secret,
+    pub email: String,
+    pub password: Secret,
+    pub cluster: String,
+    pub collection: String,
+    pub ejson: bool,
+    pub request_timeout_ms: u64,
+    pub deadline_ms: u64,
+}
+
+impl DataApiSettings {
+    pub fn is_configured(&self) -> bool {
+        !self.endpoint.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct EventsSettings {
+    /// Raw `events.persist` spec; parsed by [`EventsSettings::persist_rules`].
+    pub persist: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ConnectSettings {
+    pub api_key: Secret,
+    pub environment_id: String,
+    pub instance_id: String,
+    pub server_address: String,
+    pub api_address: String,
+    pub insecure: bool,
+    pub background_task_max_execution_time: u64,
+    pub interactive_task_max_execution_time: u64,
+    pub setup_timeout: u64,
+    pub max_in_flight: usize,
+    pub max_frame_bytes: usize,
+    pub ping_interval: u64,
+    pub result_buffer: usize,
+    pub persist_interactive: bool,
+    pub runner_version: String,
+    pub audience: String,
+    pub readme_url: String,
+    pub changelog_url: String,
+}
+
+impl ConnectSettings {
+    /// The websocket channel runs only when both the platform key and the environment are known.
+    pub fn enabled(&self) -> bool {
+        !self.api_key.is_empty() && !self.environment_id.is_empty()
+    }
+    pub fn audience_list(&self) -> Vec<String> {
+        split_list(&self.audience)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ShutdownSettings {
+    /// Seconds.
+    pub grace: u64,
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// One persistence rule: store events of `event_type` whose status is one of `statuses`
+/// (any status when the list is empty, as for interactive events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistRule {
+    pub event_type: EventType,
+    pub statuses: Vec<Status>,
+}
+
+impl EventsSettings {
+    /// Parses `"type:s1,s2;type2:s3"`.
+    pub fn persist_rules(&self) -> Result<Vec<PersistRule>, ConfigError> {
+        let mut rules: Vec<PersistRule> = Vec::new();
+        for part in self.persist.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (ty, statuses) = part.split_once(':').unwrap_or((part, ""));
+            let event_type: EventType = ty.trim().parse().unwrap();
+            if let EventType::Other(name) = &event_type {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    return Err(setting_error(
+                        "events.persist",
+                        format!("`{name}` is not an event type; expected \"event_type:status,status;…\", e.g. \"asset_purchase_request_processing:pending,approved\""),
+                    ));
+                }
+            }
+            let statuses: Vec<Status> = split_list(statuses)
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect();
+            if event_type.category() == crate::events::Category::Background && statuses.is_empty()
+            {
+                return Err(setting_error(
+                    "events.persist",
+                    format!("background event type `{event_type}` needs at least one status (accepted: {})",
+                        join(event_type.known_statuses())),
+                ));
+            }
+            let known = event_type.known_statuses();
+            if let Some(bad) = statuses
+                .iter()
+                .find(|s| !known.is_empty() && !known.contains(s))
+            {
+                return Err(setting_error(
+                    "events.persist",
+                    format!(
+                        "`{bad}` is not a status of `{event_type}`; accepted: {}",
+                        join(known)
+                    ),
+                ));
+            }
+            if rules.iter().any(|r| r.event_type == event_type) {
+                return Err(setting_error(
+                    "events.persist",
+                    format!("`{event_type}` is listed twice"),
+                ));
+            }
+            rules.push(PersistRule {
+                event_type,
+                statuses,
+            });
+        }
+        Ok(rules)
+    }
+}
+
+fn join<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl StorageSettings {
+    /// The backends every event is written to, resolved from `storage.backends`.
+    pub fn backend_list(&self) -> Result<Vec<BackendKind>, ConfigError> {
+        let raw = self.backends.trim();
+        if raw.is_empty() || raw == "auto" {
+            let mut list = Vec::new();
+            if self.driver.is_configured() {
+                list.push(BackendKind::Driver);
+            }
+            if self.data_api.is_configured() {
+                list.push(BackendKind::DataApi);
+            }
+            if list.is_empty() {
+                list.push(BackendKind::Local);
+            }
+            return Ok(list);
+        }
+        let mut list = Vec::new();
+        for name in split_list(raw) {
+            let kind = BackendKind::parse(&name).ok_or_else(|| {
+                setting_error(
+                    "storage.backends",
+                    format!("unknown backend `{name}`; accepted: auto, or a comma-separated list of local, driver, data_api"),
+                )
+            })?;
+            if !list.contains(&kind) {
+                list.push(kind);
+            }
+        }
+        Ok(list)
+    }
+
+    /// The backend answering read-back.
+    pub fn primary_backend(&self) -> Result<BackendKind, ConfigError> {
+        let list = self.backend_list()?;
+        if self.primary.trim().is_empty() {
+            return Ok(list[0]);
+        }
+        let kind = BackendKind::parse(self.primary.trim()).ok_or_else(|| {
+            setting_error(
+                "storage.primary",
+                format!(
+                    "unknown backend `{}`; accepted: local, driver, data_api",
+                    self.primary
+                ),
+            )
+        })?;
+        if !list.contains(&kind) {
+            return Err(setting_error(
+                "storage.primary",
+                format!(
+                    "`{}` is not among the configured backends ({})",
+                    kind.as_str(),
+                    list.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        Ok(kind)
+    }
+}
+
+impl Settings {
+    /// Loads the configuration from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with(file, |name| std::env::var(name).ok())
+    }
+
+    /// Loads with an injected environment (tests must not mutate the process environment).
+    pub fn load_with(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        use config::{Config, File, FileFormat};
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError(format!(
+                        "--config {}: no such file",
+                        path.display()
+                    )));
+                }
+                builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+            }
+            None => {
+                builder = builder.add_source(
+                    File::with_name("config/local.toml")
+                        .format(FileFormat::Toml)
+                        .required(false),
+                );
+            }
+        }
+        for v in ENV_VARS {
+            if let Some(value) = env(v.name).filter(|s| !s.is_empty()) {
+                builder = builder
+                    .set_override(v.key, value)
+                    .map_err(|e| setting_error(v.key, e))?;
+            }
+        }
+        let built = builder.build().map_err(map_config_error)?;
+        let settings: Settings = built.try_deserialize().map_err(map_config_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Cross-field checks the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.http.listen.ip().is_loopback() && self.http.token.is_empty() {
+            return Err(setting_error(
+                "http.listen",
+                format!(
+                    "{} is not a loopback address, so HTTP_TOKEN must be set (POST /events would be open to the network)",
+                    self.http.listen
+                ),
+            ));
+        }
+        if self.http.max_body_bytes == 0 {
+            return Err(setting_error("http.max_body_bytes", "must be at least 1"));
+        }
+        let backends = self.storage.backend_list()?;
+        self.storage.primary_backend()?;
+        if backends.contains(&BackendKind::Driver) && !self.storage.driver.is_configured() {
+            return Err(setting_error(
+                "storage.driver.uri",
+                "the driver backend is selected but neither MONGODB_URI nor DB_HOST is set",
+            ));
+        }
+        if backends.contains(&BackendKind::Driver) && self.storage.driver.uri.is_empty() {
+            for (key, empty) in [
+                ("storage.driver.user", self.storage.driver.user.is_empty()),
+                (
+                    "storage.driver.password",
+                    self.storage.driver.password.is_empty(),
+                ),
+            ] {
+                if empty {
+                    return Err(setting_error(
+                        key,
+                        "required with DB_HOST (the URI is mongodb+srv://DB_USER:DB_PASSWORD@DB_HOST/); or set MONGODB_URI",
+                    ));
+                }
+            }
+        }
+        if backends.contains(&BackendKind::Driver) || backends.contains(&BackendKind::DataApi) {
+            if self.storage.database.is_empty() {
+                return Err(setting_error("storage.database", "must not be empty"));
+            }
+        }
+        if backends.contains(&BackendKind::DataApi) {
+            let ep = &self.storage.data_api.endpoint;
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                return Err(setting_error(
+                    "storage.data_api.endpoint",
+                    format!("`{ep}` must be an http:// or https:// URL (…/endpoint/data/v1)"),
+                ));
+            }
+        }
+        let wc = self.storage.driver.write_concern.as_str();
+        if wc != "majority" && wc.parse::<u32>().is_err() {
+            return Err(setting_error(
+                "storage.driver.write_concern",
+                format!("`{wc}` is not accepted; accepted: majority, or a number of nodes (e.g. 1)"),
+            ));
+        }
+        if self.storage.reschedule_countdown < 30 {
+            return Err(setting_error(
+                "storage.reschedule_countdown",
+                "must be at least 30 (seconds), the platform's minimum",
+            ));
+        }
+        self.events.persist_rules()?;
+        for a in self.connect.audience_list() {
+            if !["vendor", "distributor", "reseller"].contains(&a.as_str()) {
+                return Err(setting_error(
+                    "connect.audience",
+                    format!("`{a}` is not accepted; accepted: vendor, distributor, reseller"),
+                ));
+            }
+        }
+        if self.connect.max_in_flight == 0 {
+            return Err(setting_error("connect.max_in_flight", "must be at least 1"));
+        }
+        if self.connect.max_frame_bytes < 2 * 1024 * 1024 {
+            return Err(setting_error(
+                "connect.max_frame_bytes",
+                "must be at least 2097152 (2 MiB), the platform's assumption",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML-like JSON, secrets redacted (for `check-config`).
+    pub fn redacted_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("settings serialize")
+    }
+
+    /// Env names mapped to their (redacted) effective value; handy for docs and tests.
+    pub fn env_view(&self) -> BTreeMap<&'static str, String> {
+        let json = self.redacted_json();
+        ENV_VARS
+            .iter()
+            .map(|v| {
+                let mut cur = &json;
+                for part in v.key.split('.') {
+                    cur = &cur[part];
+                }
+                let shown = match cur {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (v.name, shown)
+            })
+            .collect()
+    }
+}
+
+/// Rewrites the `config` crate's messages so they name the environment variable too.
+fn map_config_error(e: config::ConfigError) -> ConfigError {
+    let msg = e.to_string();
+    // The crate reports `… for key \`a.b\`` (or "a.b"); find which of our keys it is.
+    let mut best: Option<&EnvVar> = None;
+    for v in ENV_VARS {
+        if msg.contains(v.key) && best.is_none_or(|b| v.key.len() > b.key.len()) {
+            best = Some(v);
+        }
+    }
+    match best {
+        Some(v) => {
+            let hint = accepted_values(v.key)
+                .map(|a| format!("; accepted: {a}"))
+                .unwrap_or_default();
+            ConfigError(format!("{} (config key `{}`): {msg}{hint}", v.name, v.key))
+        }
+        None => ConfigError(msg),
+    }
+}
+
+/// What a key accepts, for error messages the deserializer alone would leave vague.
+fn accepted_values(key: &str) -> Option<&'static str> {
+    let defaults = toml::Value::Table(DEFAULTS.parse::<toml::Table>().ok()?);
+    let mut cur = &defaults;
+    for part in key.split('.') {
+        cur = cur.get(part)?;
+    }
+    Some(match key {
+        "storage.id_strategy" => "state, task, generated",
+        "telemetry.log_format" => "text, json",
+        "http.listen" => "an address with a port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080",
+        _ => match cur {
+            toml::Value::Boolean(_) => "true, false",
+            toml::Value::Integer(_) => "a whole number ≥ 0",
+            _ => return None,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        Settings::load_with(Some(&empty), move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_default() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            s.storage.backend_list().unwrap(),
+            vec![BackendKind::Local]
+        );
+        assert_eq!(s.storage.id_strategy, IdStrategy::State);
+        assert!(!s.connect.enabled());
+        let rules = s.events.persist_rules().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0].event_type,
+            EventType::AssetPurchaseRequestProcessing
+        );
+        assert_eq!(rules[0].statuses.len(), 7);
+    }
+
+    #[test]
+    fn tutorial_variables_map_to_their_settings() {
+        let s = load(&[
+            ("DATA_API_ENDPOINT", "https://data.example/app/x/endpoint/data/v1"),
+            ("DB", "tutorial"),
+            ("HTTP_COLLECTION", "http_coll"),
+            ("CLUSTER", "Cluster9"),
+            ("DB_HOST", "cluster0.example.mongodb.net"),
+            ("DB_USER", "alice"),
+            ("DB_PASSWORD", "p@ss:w/rd"),
+            ("DRIVER_COLLECTION", "driver_coll"),
+            ("DATA_API_KEY", "dk-123"),
+            ("API_KEY", "ApiKey SU-1:abc"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.storage.data_api.endpoint,
+            "https://data.example/app/x/endpoint/data/v1"
+        );
+        assert_eq!(s.storage.database, "tutorial");
+        assert_eq!(s.storage.data_api.collection, "http_coll");
+        assert_eq!(s.storage.data_api.cluster, "Cluster9");
+        assert_eq!(s.storage.driver.host, "cluster0.example.mongodb.net");
+        assert_eq!(s.storage.driver.user, "alice");
+        assert_eq!(s.storage.driver.password.expose(), "p@ss:w/rd");
+        assert_eq!(s.storage.driver.collection, "driver_coll");
+        // API_KEY in the process environment is the Connect platform key, not the Data API key.
+        assert_eq!(s.connect.api_key.expose(), "ApiKey SU-1:abc");
+        assert_eq!(s.storage.data_api.api_key.expose(), "dk-123");
+        // auto: both backends, as the tutorial's v0.2.0 writes to both
+        assert_eq!(
+            s.storage.backend_list().unwrap(),
+            vec![BackendKind::Driver, BackendKind::DataApi]
+        );
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("local.toml");
+        std::fs::write(
+            &file,
+            "[storage]\ndatabase = \"from_file\"\nid_strategy = \"task\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_with(Some(&file), |_| None).unwrap();
+        assert_eq!(s.storage.database, "from_file");
+        assert_eq!(s.storage.id_strategy, IdStrategy::Task);
+        let s = Settings::load_with(Some(&file), |k| (k == "DB").then(|| "from_env".into()))
+            .unwrap();
+        assert_eq!(s.storage.database, "from_env");
+        assert_eq!(s.storage.id_strategy, IdStrategy::Task);
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err = Settings::load_with(Some(Path::new("/nonexistent/x.toml")), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/x.toml"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_accepted_values() {
+        let err = load(&[("ID_STRATEGY", "random")]).unwrap_err().to_string();
+        assert!(err.contains("ID_STRATEGY"), "{err}");
+        assert!(err.contains("state") && err.contains("generated"), "{err}");
+
+        let err = load(&[("BACKGROUND_TASK_MAX_EXECUTION_TIME", "five")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BACKGROUND_TASK_MAX_EXECUTION_TIME"), "{err}");
+
+        let err = load(&[("STORAGE_BACKENDS", "postgres")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("STORAGE_BACKENDS") && err.contains("data_api"), "{err}");
+
+        let err = load(&[("LOG_FORMAT", "xml")]).unwrap_err().to_string();
+        assert!(err.contains("LOG_FORMAT") && err.contains("json"), "{err}");
+
+        let err = load(&[("HTTP_LISTEN", "0.0.0.0:8080")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HTTP_TOKEN"), "{err}");
+        assert!(load(&[("HTTP_LISTEN", "0.0.0.0:8080"), ("HTTP_TOKEN", "t")]).is_ok());
+
+        let err = load(&[("DB_HOST", "h")]).unwrap_err().to_string();
+        assert!(err.contains("DB_USER"), "{err}");
+        let err = load(&[("DB_HOST", "h"), ("DB_USER", "u")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DB_PASSWORD"), "{err}");
+
+        let err = load(&[("DATA_API_ENDPOINT", "ftp://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DATA_API_ENDPOINT"), "{err}");
+
+        let err = load(&[("PERSIST_EVENTS", "asset_purchase_request_processing:bogus")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PERSIST_EVENTS") && err.contains("pending"), "{err}");
+
+        let err = load(&[("STORAGE_PRIMARY", "driver")]).unwrap_err().to_string();
+        assert!(err.contains("STORAGE_PRIMARY"), "{err}");
+
+        let err = load(&[("DRIVER_WRITE_CONCERN", "all")]).unwrap_err().to_string();
+        assert!(err.contains("DRIVER_WRITE_CONCERN") && err.contains("majority"), "{err}");
+
+        let err = load(&[("RESCHEDULE_COUNTDOWN", "5")]).unwrap_err().to_string();
+        assert!(err.contains("RESCHEDULE_COUNTDOWN"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_everywhere() {
+        let s = load(&[
+            ("API_KEY", "ApiKey SU-1:topsecret1"),
+            ("DATA_API_KEY", "topsecret2"),
+            ("DB_HOST", "h"),
+            ("DB_USER", "u"),
+            ("DB_PASSWORD", "topsecret3"),
+            ("MONGODB_URI", "mongodb://u:topsecret4@db:27017/?authSource=admin"),
+            ("HTTP_TOKEN", "topsecret5"),
+        ])
+        .unwrap();
+        let debug = format!("{s:?}");
+        let json = s.redacted_json().to_string();
+        let env = format!("{:?}", s.env_view());
+        for out in [&debug, &json, &env] {
+            assert!(!out.contains("topsecret"), "{out}");
+        }
+        assert!(json.contains("mongodb://u:***@db:27017/?authSource=admin"), "{json}");
+        assert_eq!(s.storage.driver.password.expose(), "topsecret3");
+    }
+
+    #[test]
+    fn every_secret_variable_is_a_secret_type() {
+        // Secret keys must deserialize into `Secret`, so they can never be printed in clear.
+        let vars: Vec<(&str, &str)> = ENV_VARS
+            .iter()
+            .filter(|v| v.secret)
+            .map(|v| (v.name, "zz-secret-zz"))
+            .collect();
+        let mut all = vars.clone();
+        all.extend([("DB_HOST", "h"), ("DB_USER", "u")]);
+        let s = load(&all).unwrap();
+        assert!(!format!("{s:?}").contains("zz-secret-zz"));
+        assert!(!s.redacted_json().to_string().contains("zz-secret-zz"));
+    }
+
+    #[test]
+    fn every_env_var_key_exists_in_defaults() {
+        let s = load(&[]).unwrap();
+        let view = s.env_view();
+        let json = s.redacted_json();
+        for v in ENV_VARS {
+            let mut cur = &json;
+            for part in v.key.split('.') {
+                cur = &cur[part];
+            }
+            assert!(!cur.is_null(), "{} maps to missing key {}", v.name, v.key);
+            assert!(view.contains_key(v.name));
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! The Connect EaaS websocket task channel. (Implemented by the websocket-channel issue; until
+//! then the daemon runs HTTP-only.)

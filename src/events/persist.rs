@@ -1,0 +1,71 @@
+//! The built-in persist handler: stores the event through the storage trait.
+//!
+//! An event is answered `success` only after its document is committed (or was already there: a
+//! redelivery). A transient storage error becomes `reschedule` so Connect redelivers it later;
+//! a permanent one (the backend refused the document) becomes `fail` with the reason.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{Event, Handler, Outcome};
+use crate::config::IdStrategy;
+use crate::storage::{EventDocument, SaveOutcome, SharedStorage};
+use crate::telemetry::Metrics;
+
+pub struct PersistHandler {
+    storage: Arc<SharedStorage>,
+    id_strategy: IdStrategy,
+    reschedule_countdown: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl PersistHandler {
+    pub fn new(
+        storage: Arc<SharedStorage>,
+        id_strategy: IdStrategy,
+        reschedule_countdown: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            storage,
+            id_strategy,
+            reschedule_countdown,
+            metrics,
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for PersistHandler {
+    fn name(&self) -> &str {
+        "persist"
+    }
+
+    async fn handle(&self, event: &Event) -> Outcome {
+        let doc = EventDocument::from_event(event, self.id_strategy);
+        // Take the current backend once: a live reconfiguration swaps it for later events only.
+        let storage = self.storage.current();
+        let started = Instant::now();
+        let result = storage.save(&doc).await;
+        self.metrics
+            .observe_storage(storage.name(), "save", result.is_ok(), started.elapsed());
+        match result {
+            Ok(saved) => {
+                let duplicate = saved == SaveOutcome::Duplicate;
+                self.metrics.count_stored(event, duplicate);
+                Outcome::Done {
+                    document_id: Some(doc.id),
+                    duplicate,
+                    data: None,
+                }
+            }
+            Err(e) if e.is_retriable() => Outcome::reschedule(
+                self.reschedule_countdown,
+                format!("not stored, will be redelivered: {e}"),
+            ),
+            Err(e) => Outcome::fail(format!("not stored: {e}")),
+        }
+    }
+}

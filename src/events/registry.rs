@@ -1,0 +1,347 @@
+//! The handler registry: (event type, statuses) → handler, like the Python runner's
+//! `@event('asset_purchase_request_processing', statuses=[...])`.
+//!
+//! Built once at start-up and immutable afterwards; it is also the single source of the
+//! `event_subscriptions` the websocket channel sends in `setup_request`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::types::{Event, EventType, Status};
+use crate::telemetry::Metrics;
+
+/// The minimum countdown the platform accepts for `reschedule` (connect-protocol.md §5.2).
+pub const MIN_RESCHEDULE_COUNTDOWN: u64 = 30;
+
+/// What handling an event came to, in the protocol's vocabulary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Handled (→ `success`). `document_id` when it was stored; `data` for interactive answers.
+    #[serde(rename = "success")]
+    Done {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        document_id: Option<String>,
+        /// True when the document already existed (a redelivery).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<Value>,
+    },
+    Skip {
+        message: String,
+    },
+    Fail {
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<Value>,
+    },
+    /// Ask the platform to redeliver after `countdown` seconds (≥ 30).
+    Reschedule {
+        countdown: u64,
+        message: String,
+    },
+    /// Ask the platform to redeliver (handler error, timeout, REST failure).
+    Retry {
+        message: String,
+    },
+}
+
+impl Outcome {
+    pub fn done() -> Self {
+        Outcome::Done {
+            document_id: None,
+            duplicate: false,
+            data: None,
+        }
+    }
+    pub fn skip(message: impl Into<String>) -> Self {
+        Outcome::Skip {
+            message: message.into(),
+        }
+    }
+    pub fn fail(message: impl Into<String>) -> Self {
+        Outcome::Fail {
+            message: message.into(),
+            data: None,
+        }
+    }
+    pub fn retry(message: impl Into<String>) -> Self {
+        Outcome::Retry {
+            message: message.into(),
+        }
+    }
+    /// `countdown` is clamped to at least 30 s, as the runner does.
+    pub fn reschedule(countdown: u64, message: impl Into<String>) -> Self {
+        Outcome::Reschedule {
+            countdown: countdown.max(MIN_RESCHEDULE_COUNTDOWN),
+            message: message.into(),
+        }
+    }
+
+    /// The wire name of the result: success, skip, fail, reschedule, retry.
+    pub fn result_name(&self) -> &'static str {
+        match self {
+            Outcome::Done { .. } => "success",
+            Outcome::Skip { .. } => "skip",
+            Outcome::Fail { .. } => "fail",
+            Outcome::Reschedule { .. } => "reschedule",
+            Outcome::Retry { .. } => "retry",
+        }
+    }
+
+    /// The platform will redeliver the event (nothing was committed for good).
+    pub fn is_redelivery(&self) -> bool {
+        matches!(self, Outcome::Reschedule { .. } | Outcome::Retry { .. })
+    }
+
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Outcome::Done { .. } => None,
+            Outcome::Skip { message }
+            | Outcome::Fail { message, .. }
+            | Outcome::Reschedule { message, .. }
+            | Outcome::Retry { message } => Some(message),
+        }
+    }
+}
+
+/// An event handler. Object-safe so the registry can hold `Arc<dyn Handler>`.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Short name for logs.
+    fn name(&self) -> &str;
+    async fn handle(&self, event: &Event) -> Outcome;
+}
+
+/// One registered handler and the statuses it accepts (empty = any, as for interactive events).
+#[derive(Clone)]
+pub struct Registration {
+    pub statuses: Vec<Status>,
+    pub handler: Arc<dyn Handler>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("statuses", &self.statuses)
+            .field("handler", &self.handler.name())
+            .finish()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    handlers: BTreeMap<String, (EventType, Registration)>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Registers `handler` for `event_type` and `statuses`. As in the Python runner, one handler per
+    /// event type: a later registration replaces an earlier one.
+    pub fn register(
+        &mut self,
+        event_type: EventType,
+        statuses: Vec<Status>,
+        handler: Arc<dyn Handler>,
+    ) -> &mut Self {
+        self.handlers.insert(
+            event_type.as_str().to_string(),
+            (event_type, Registration { statuses, handler }),
+        );
+        self
+    }
+
+    pub fn get(&self, event_type: &EventType) -> Option<&Registration> {
+        self.handlers.get(event_type.as_str()).map(|(_, r)| r)
+    }
+
+    pub fn event_types(&self) -> impl Iterator<Item = &EventType> {
+        self.handlers.values().map(|(t, _)| t)
+    }
+
+    /// `event_subscriptions` for `setup_request`: `{event_type: [statuses]}`, ordered by name.
+    pub fn event_subscriptions(&self) -> serde_json::Map<String, Value> {
+        self.handlers
+            .iter()
+            .map(|(name, (_, reg))| {
+                let statuses = reg
+                    .statuses
+                    .iter()
+                    .map(|s| Value::String(s.to_string()))
+                    .collect();
+                (name.clone(), Value::Array(statuses))
+            })
+            .collect()
+    }
+
+    /// Why an event would not reach a handler, if it would not.
+    pub fn rejection(&self, event: &Event) -> Option<String> {
+        let Some(reg) = self.get(&event.event_type) else {
+            return Some(format!(
+                "no handler is registered for event type `{}`",
+                event.event_type
+            ));
+        };
+        if reg.statuses.is_empty() {
+            return None;
+        }
+        match &event.status {
+            Some(s) if reg.statuses.contains(s) => None,
+            other => Some(format!(
+                "the status of {} ({}) is not among the statuses handled for `{}`: {}",
+                event.object_id,
+                other.as_ref().map(Status::as_str).unwrap_or("none"),
+                event.event_type,
+                reg.statuses
+                    .iter()
+                    .map(Status::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Runs the event through its handler (or skips it, saying why) and counts the outcome.
+    pub async fn dispatch(&self, event: &Event) -> Outcome {
+        let outcome = match self.rejection(event) {
+            Some(reason) => Outcome::skip(reason),
+            None => {
+                let reg = self.get(&event.event_type).expect("checked above");
+                reg.handler.handle(event).await
+            }
+        };
+        if let Some(m) = &self.metrics {
+            m.count_event(event, &outcome);
+        }
+        match &outcome {
+            Outcome::Done { document_id, .. } => tracing::debug!(
+                event_type = %event.event_type, object_id = %event.object_id,
+                document_id = document_id.as_deref().unwrap_or(""), "event handled"),
+            Outcome::Skip { message } => tracing::info!(
+                event_type = %event.event_type, object_id = %event.object_id, %message, "event skipped"),
+            other => tracing::warn!(
+                event_type = %event.event_type, object_id = %event.object_id,
+                result = other.result_name(), message = other.message().unwrap_or(""), "event not completed"),
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Source;
+    use serde_json::json;
+
+    struct Fixed(Outcome);
+    #[async_trait]
+    impl Handler for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        async fn handle(&self, _event: &Event) -> Outcome {
+            self.0.clone()
+        }
+    }
+
+    fn pr(status: &str) -> Event {
+        Event::new(
+            EventType::AssetPurchaseRequestProcessing,
+            "PR-1",
+            json!({"id": "PR-1", "type": "purchase", "status": status}),
+            Source::Http,
+        )
+    }
+
+    #[tokio::test]
+    async fn dispatch_routes_by_type_and_status() {
+        let mut r = Registry::new();
+        r.register(
+            EventType::AssetPurchaseRequestProcessing,
+            vec![Status::Pending],
+            Arc::new(Fixed(Outcome::done())),
+        );
+        assert_eq!(r.dispatch(&pr("pending")).await, Outcome::done());
+        let skipped = r.dispatch(&pr("approved")).await;
+        assert_eq!(skipped.result_name(), "skip");
+        assert!(skipped.message().unwrap().contains("approved"));
+        assert!(skipped.message().unwrap().contains("pending"));
+
+        let other = Event::new(
+            EventType::AssetChangeRequestProcessing,
+            "PR-2",
+            json!({"id": "PR-2", "status": "pending"}),
+            Source::Http,
+        );
+        let skipped = r.dispatch(&other).await;
+        assert_eq!(skipped.result_name(), "skip");
+        assert!(skipped
+            .message()
+            .unwrap()
+            .contains("no handler is registered for event type `asset_change_request_processing`"));
+    }
+
+    #[tokio::test]
+    async fn every_outcome_passes_through() {
+        for o in [
+            Outcome::skip("s"),
+            Outcome::fail("f"),
+            Outcome::retry("r"),
+            Outcome::reschedule(45, "later"),
+        ] {
+            let mut r = Registry::new();
+            r.register(
+                EventType::AssetPurchaseRequestProcessing,
+                vec![Status::Pending],
+                Arc::new(Fixed(o.clone())),
+            );
+            assert_eq!(r.dispatch(&pr("pending")).await, o);
+        }
+    }
+
+    #[test]
+    fn reschedule_is_clamped_to_30_seconds() {
+        assert_eq!(
+            Outcome::reschedule(1, "x"),
+            Outcome::Reschedule {
+                countdown: 30,
+                message: "x".into()
+            }
+        );
+        assert!(matches!(
+            Outcome::reschedule(600, "x"),
+            Outcome::Reschedule { countdown: 600, .. }
+        ));
+    }
+
+    #[test]
+    fn subscriptions_come_from_registrations() {
+        let mut r = Registry::new();
+        let h: Arc<dyn Handler> = Arc::new(Fixed(Outcome::done()));
+        r.register(
+            EventType::AssetPurchaseRequestProcessing,
+            vec![Status::Pending, Status::Approved],
+            h.clone(),
+        );
+        r.register(EventType::AssetPurchaseRequestValidation, vec![], h);
+        assert_eq!(
+            Value::Object(r.event_subscriptions()),
+            json!({"asset_purchase_request_processing": ["pending", "approved"],
+                   "asset_purchase_request_validation": []})
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! HTTP: liveness, readiness, metrics, and the HTTP task channel (`POST /events`, read-back).
+//!
+//! | route | auth | what |
+//! |---|---|---|
+//! | `GET /health` | no | liveness, no I/O |
+//! | `GET /ready` | no | storage ping (+ the Connect channels when enabled) |
+//! | `GET /metrics` | no | Prometheus / OpenMetrics text |
+//! | `POST /events` | token | a Connect object, an envelope `{event_type, object}`, or an array of either |
+//! | `GET /events/{id}` | token | one stored document |
+//! | `GET /events?event_type=&status=&object_id=&limit=` | token | stored documents, newest first |
+
+mod ingest;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::config::Secret;
+use crate::events::Registry;
+use crate::storage::{ListQuery, SharedStorage, StorageError};
+use crate::telemetry::Metrics;
+
+/// Readiness of the parts beyond storage (the Connect channels), reported by their owners.
+pub trait ReadinessProbe: Send + Sync + 'static {
+    /// `None` when ready, else why not.
+    fn not_ready_reason(&self) -> Option<String>;
+}
+
+/// Everything the HTTP handlers need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub storage: Arc<SharedStorage>,
+    pub metrics: Arc<Metrics>,
+    pub token: Secret,
+    pub max_body_bytes: usize,
+    pub probes: Vec<Arc<dyn ReadinessProbe>>,
+}
+
+/// A JSON error body: `{"error": "...", "code": "..."}`.
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.message, "code": self.code})),
+        )
+            .into_response()
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        let status = if e.is_retriable() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError::new(status, "storage_error", e.to_string())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/events", get(list_events).post(ingest::post_events))
+        .route("/events/{id}", get(get_event))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        })
+        .with_state(state)
+}
+
+/// Compares in time independent of where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.token.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if constant_time_eq(t.trim().as_bytes(), state.token.expose().as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid token")
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing `Authorization: Bearer <HTTP_TOKEN>` header",
+        )
+        .into_response(),
+    }
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let storage = state.storage.current();
+    let mut problems = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(3), storage.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(e.to_string()),
+        Err(_) => problems.push(format!("{} storage: ping timed out", storage.name())),
+    }
+    problems.extend(state.probes.iter().filter_map(|p| p.not_ready_reason()));
+    if problems.is_empty() {
+        Json(json!({"status": "ready", "storage": storage.name()})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "storage": storage.name(), "problems": problems})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn get_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.storage.current().get(&id).await? {
+        Some(doc) => Ok(Json(doc)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no stored event with id `{id}`"),
+        )),
+    }
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let docs = state.storage.current().list(&query).await?;
+    Ok(Json(json!({"count": docs.len(), "documents": docs})))
+}

@@ -1,0 +1,153 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use connect_extension_mongodb::config::Settings;
+use connect_extension_mongodb::{shutdown, telemetry, App};
+
+/// A stateful CloudBlue Connect extension: receives Connect events and persists them.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file layered over the defaults (default: config/local.toml when present).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the configuration and print it, secrets redacted.
+    CheckConfig,
+    /// POST JSON files (Connect objects or envelopes) to a running daemon's /events.
+    Send {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Base URL of the daemon (default: from HTTP_LISTEN).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Exit 0 when the daemon's /health answers (for container health checks).
+    Health {
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            telemetry::init(settings.telemetry.log_format);
+            runtime.block_on(async {
+                let app = match App::build(settings).await {
+                    Ok(app) => app,
+                    Err(e) => {
+                        tracing::error!(error = %e, "start-up failed");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match app.run(shutdown::on_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = %e, "stopped with an error");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::CheckConfig => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&settings.redacted_json()).expect("json")
+            );
+            match settings.storage.backend_list() {
+                Ok(b) => eprintln!(
+                    "configuration OK; storage backends: {}; Connect channel: {}",
+                    b.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", "),
+                    if settings.connect.enabled() { "on" } else { "off (API_KEY/ENVIRONMENT_ID not set)" }
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Send { files, url } => {
+            let base = url.unwrap_or_else(|| format!("http://{}", settings.http.listen));
+            runtime.block_on(send(base, settings.http.token.expose().to_string(), files))
+        }
+        Command::Health { url } => {
+            let base = url.unwrap_or_else(|| format!("http://{}", settings.http.listen));
+            runtime.block_on(async move {
+                let client = reqwest::Client::new();
+                match client
+                    .get(format!("{}/health", base.trim_end_matches('/')))
+                    .timeout(std::time::Duration::from_secs(3))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+                    Ok(r) => {
+                        eprintln!("unhealthy: HTTP {}", r.status());
+                        ExitCode::FAILURE
+                    }
+                    Err(e) => {
+                        eprintln!("unhealthy: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+async fn send(base: String, token: String, files: Vec<PathBuf>) -> ExitCode {
+    let client = reqwest::Client::new();
+    let url = format!("{}/events", base.trim_end_matches('/'));
+    let mut code = ExitCode::SUCCESS;
+    for file in files {
+        let body = match std::fs::read(&file) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                code = ExitCode::FAILURE;
+                continue;
+            }
+        };
+        let mut req = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        if !token.is_empty() {
+            req = req.bearer_auth(&token);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                println!("{}: {} {}", file.display(), status.as_u16(), text);
+                if !status.is_success() {
+                    code = ExitCode::FAILURE;
+                }
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    code
+}

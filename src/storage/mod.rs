@@ -1,0 +1,367 @@
+//! Storage: one object-safe trait, several backends chosen by configuration.
+//!
+//! | backend    | file          | idempotent save | bulk            | durability                        |
+//! |------------|---------------|-----------------|-----------------|-----------------------------------|
+//! | `local`    | `local.rs`    | yes (`_id` PK)  | one transaction | SQLite WAL, `synchronous=FULL`    |
+//! | `driver`   | `driver.rs`   | yes (E11000)    | `insert_many`   | write concern (default majority)  |
+//! | `data_api` | `data_api.rs` | yes (dup. key)  | `insertMany`    | whatever the gateway's cluster has |
+//!
+//! **Document shape.** The Connect object exactly as received or fetched (the tutorial stores the
+//! request as-is), plus `_id` and one reserved key, `_connect`, holding our metadata (event type,
+//! status, object id, task id, source, received time). The object's own keys are never touched.
+//!
+//! **Idempotency.** `_id` is deterministic (see [`IdStrategy`]), so a redelivered event finds its
+//! document already there; backends report that as [`SaveOutcome::Duplicate`], which callers count
+//! as success.
+//!
+//! **Errors.** [`StorageError::is_retriable`] is the one place that decides whether an event is
+//! answered `reschedule` (transient: try again later, nothing lost) or `fail` (permanent).
+
+pub mod conformance;
+pub mod data_api;
+pub mod driver;
+pub mod fanout;
+pub mod local;
+
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::config::{BackendKind, IdStrategy, Settings};
+use crate::events::Event;
+
+/// The reserved top-level key holding our metadata.
+pub const META_KEY: &str = "_connect";
+
+/// A document ready to store: `_id`, the object's fields, and `_connect`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventDocument {
+    pub id: String,
+    pub event_type: String,
+    pub status: String,
+    pub object_id: String,
+    pub received_at: OffsetDateTime,
+    /// The full document as stored, `_id` and `_connect` included.
+    pub body: Map<String, Value>,
+}
+
+impl EventDocument {
+    /// Builds the stored form of `event`. A non-object payload is kept under `object`.
+    pub fn from_event(event: &Event, strategy: IdStrategy) -> EventDocument {
+        let id = document_id(event, strategy);
+        let received_at = event.received_at;
+        let mut body = Map::new();
+        body.insert("_id".into(), Value::String(id.clone()));
+        match &event.object {
+            Value::Object(obj) => {
+                for (k, v) in obj {
+                    if k != "_id" && k != META_KEY {
+                        body.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            other => {
+                body.insert("object".into(), other.clone());
+            }
+        }
+        let mut meta = json!({
+            "event_type": event.event_type.as_str(),
+            "status": event.status_str(),
+            "object_id": event.object_id,
+            "task_id": event.task_id,
+            "source": event.source.as_str(),
+            "received_at": received_at.format(&Rfc3339).unwrap_or_default(),
+        });
+        // Keep an object's own `_id` / `_connect` (unlikely, but lossless) inside our metadata.
+        if let Value::Object(obj) = &event.object {
+            for k in ["_id", META_KEY] {
+                if let Some(v) = obj.get(k) {
+                    meta[format!("original{k}")] = v.clone();
+                }
+            }
+        }
+        body.insert(META_KEY.into(), meta);
+        EventDocument {
+            id,
+            event_type: event.event_type.as_str().to_string(),
+            status: event.status_str().to_string(),
+            object_id: event.object_id.clone(),
+            received_at,
+            body,
+        }
+    }
+
+    /// The object as received, without `_id` and `_connect` (restoring any original keys).
+    pub fn object_of(doc: &Value) -> Value {
+        let mut obj = doc.as_object().cloned().unwrap_or_default();
+        obj.remove("_id");
+        let meta = obj.remove(META_KEY);
+        if let Some(meta) = meta {
+            for k in ["_id", META_KEY] {
+                if let Some(v) = meta.get(format!("original{k}")) {
+                    obj.insert(k.to_string(), v.clone());
+                }
+            }
+        }
+        Value::Object(obj)
+    }
+}
+
+/// The document id for `event` under `strategy` (see `config/default.toml`, `id_strategy`).
+pub fn document_id(event: &Event, strategy: IdStrategy) -> String {
+    match strategy {
+        IdStrategy::State => {
+            match event.object.get("updated").and_then(Value::as_str) {
+                Some(updated) => format!("{}:{}:{}", event.object_id, event.status_str(), updated),
+                None => document_id(event, IdStrategy::Task),
+            }
+        }
+        IdStrategy::Task => match &event.task_id {
+            Some(task) => format!("{}:{}", event.object_id, task),
+            None => document_id(event, IdStrategy::Generated),
+        },
+        IdStrategy::Generated => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// What a save came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveOutcome {
+    /// Newly committed.
+    Inserted,
+    /// A document with this `_id` was already there (a redelivery): counts as success.
+    Duplicate,
+}
+
+/// Read-back filter. Results are newest first (by received time).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct ListQuery {
+    pub event_type: Option<String>,
+    pub status: Option<String>,
+    pub object_id: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl ListQuery {
+    pub const DEFAULT_LIMIT: usize = 100;
+    pub const MAX_LIMIT: usize = 1000;
+    pub fn effective_limit(&self) -> usize {
+        self.limit
+            .unwrap_or(Self::DEFAULT_LIMIT)
+            .clamp(1, Self::MAX_LIMIT)
+    }
+}
+
+/// Storage errors, classified once by [`StorageError::is_retriable`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// The backend could not be reached or did not answer (network, server selection, 5xx, 429).
+    #[error("{backend} storage unavailable: {message}")]
+    Unavailable {
+        backend: &'static str,
+        message: String,
+    },
+    /// The operation did not finish in time; it may or may not have been committed.
+    #[error("{backend} storage timed out: {message}")]
+    Timeout {
+        backend: &'static str,
+        message: String,
+    },
+    /// The backend refused the document or the request for good (invalid document, auth).
+    #[error("{backend} storage rejected the request: {message}")]
+    Rejected {
+        backend: &'static str,
+        message: String,
+    },
+    /// The backend's settings are wrong (bad URI, missing collection…).
+    #[error("{backend} storage misconfigured: {message}")]
+    Config {
+        backend: &'static str,
+        message: String,
+    },
+    /// A bug or corrupted state on our side.
+    #[error("{backend} storage internal error: {message}")]
+    Internal {
+        backend: &'static str,
+        message: String,
+    },
+}
+
+impl StorageError {
+    /// Whether trying again later can succeed. Retriable errors become `reschedule`, the others `fail`.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+    }
+}
+
+/// The storage trait. Object-safe: held as `Arc<dyn Storage>`.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Short backend name for logs and metrics ("local", "driver", "data_api", "fanout").
+    fn name(&self) -> &'static str;
+
+    /// Persists one document. Idempotent on `doc.id`: a second save of the same id is `Duplicate`.
+    async fn save(&self, doc: &EventDocument) -> Result<SaveOutcome, StorageError>;
+
+    /// Persists many documents; one result per document, in order. Default: one `save` at a time.
+    async fn save_many(&self, docs: &[EventDocument]) -> Vec<Result<SaveOutcome, StorageError>> {
+        let mut out = Vec::with_capacity(docs.len());
+        for d in docs {
+            out.push(self.save(d).await);
+        }
+        out
+    }
+
+    /// A cheap round trip (readiness, start-up check).
+    async fn ping(&self) -> Result<(), StorageError>;
+
+    /// The stored document with this `_id`.
+    async fn get(&self, id: &str) -> Result<Option<Value>, StorageError>;
+
+    /// Stored documents matching `query`, newest first.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Value>, StorageError>;
+
+    /// Flushes buffered work and releases resources (shutdown). Default: nothing to do.
+    async fn close(&self) {}
+}
+
+/// The storage in use, swappable at run time (live configuration from Connect): an event takes the
+/// current `Arc` once and finishes on it, even if a new backend is swapped in meanwhile.
+pub struct SharedStorage {
+    current: RwLock<Arc<dyn Storage>>,
+}
+
+impl SharedStorage {
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self {
+            current: RwLock::new(storage),
+        }
+    }
+    pub fn current(&self) -> Arc<dyn Storage> {
+        self.current.read().expect("storage lock").clone()
+    }
+    /// Installs `storage`; returns the previous one (which in-flight saves may still be using).
+    pub fn replace(&self, storage: Arc<dyn Storage>) -> Arc<dyn Storage> {
+        std::mem::replace(&mut *self.current.write().expect("storage lock"), storage)
+    }
+}
+
+/// Builds one backend from settings.
+pub async fn connect_backend(
+    kind: BackendKind,
+    settings: &Settings,
+) -> Result<Arc<dyn Storage>, StorageError> {
+    Ok(match kind {
+        BackendKind::Local => Arc::new(local::LocalStorage::open(&settings.storage.local.path)?),
+        BackendKind::Driver => Arc::new(driver::DriverStorage::connect(settings).await?),
+        BackendKind::DataApi => Arc::new(data_api::DataApiStorage::connect(settings).await?),
+    })
+}
+
+/// Builds the configured storage: one backend, or a fan-out over several (every event must be
+/// committed by all of them), with reads served by the primary.
+pub async fn connect(settings: &Settings) -> Result<Arc<dyn Storage>, StorageError> {
+    let config_err = |e: crate::config::ConfigError| StorageError::Config {
+        backend: "storage",
+        message: e.to_string(),
+    };
+    let kinds = settings.storage.backend_list().map_err(config_err)?;
+    let primary = settings.storage.primary_backend().map_err(config_err)?;
+    let mut backends = Vec::with_capacity(kinds.len());
+    for kind in &kinds {
+        backends.push(connect_backend(*kind, settings).await?);
+    }
+    if backends.len() == 1 {
+        return Ok(backends.pop().expect("one backend"));
+    }
+    let primary_index = kinds.iter().position(|k| *k == primary).unwrap_or(0);
+    Ok(Arc::new(fanout::FanOut::new(backends, primary_index)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{EventType, Source};
+
+    fn event(task: Option<&str>, updated: Option<&str>) -> Event {
+        let mut obj = json!({"id": "PR-1", "type": "purchase", "status": "pending"});
+        if let Some(u) = updated {
+            obj["updated"] = json!(u);
+        }
+        let mut e = Event::new(
+            EventType::AssetPurchaseRequestProcessing,
+            "PR-1",
+            obj,
+            Source::Websocket,
+        );
+        if let Some(t) = task {
+            e = e.with_task_id(t);
+        }
+        e
+    }
+
+    #[test]
+    fn id_strategies() {
+        let e = event(Some("TQ-1"), Some("2026-11-28T17:21:48+00:00"));
+        assert_eq!(
+            document_id(&e, IdStrategy::State),
+            "PR-1:pending:2026-11-28T17:21:48+00:00"
+        );
+        assert_eq!(document_id(&e, IdStrategy::Task), "PR-1:TQ-1");
+        let g1 = document_id(&e, IdStrategy::Generated);
+        let g2 = document_id(&e, IdStrategy::Generated);
+        assert_ne!(g1, g2);
+        assert_eq!(g1.len(), 36);
+        // fall-backs: no `updated` → task id; no task id either → generated
+        assert_eq!(
+            document_id(&event(Some("TQ-9"), None), IdStrategy::State),
+            "PR-1:TQ-9"
+        );
+        assert_eq!(document_id(&event(None, None), IdStrategy::State).len(), 36);
+        // deterministic: the same event twice gives the same id
+        let again = event(Some("TQ-2"), Some("2026-11-28T17:21:48+00:00"));
+        assert_eq!(
+            document_id(&e, IdStrategy::State),
+            document_id(&again, IdStrategy::State)
+        );
+    }
+
+    #[test]
+    fn document_keeps_the_object_untouched() {
+        let e = event(Some("TQ-1"), Some("u1"));
+        let doc = EventDocument::from_event(&e, IdStrategy::State);
+        assert_eq!(doc.body["_id"], json!("PR-1:pending:u1"));
+        assert_eq!(doc.body[META_KEY]["task_id"], json!("TQ-1"));
+        assert_eq!(doc.body[META_KEY]["source"], json!("websocket"));
+        assert_eq!(
+            EventDocument::object_of(&Value::Object(doc.body.clone())),
+            e.object
+        );
+    }
+
+    #[test]
+    fn clashing_keys_are_kept_losslessly() {
+        let mut e = event(None, Some("u"));
+        e.object["_id"] = json!({"$oid": "x"});
+        e.object[META_KEY] = json!(1);
+        let doc = EventDocument::from_event(&e, IdStrategy::State);
+        assert_eq!(
+            EventDocument::object_of(&Value::Object(doc.body)),
+            e.object
+        );
+    }
+
+    #[test]
+    fn retriable_classification() {
+        let b = "x";
+        let m = String::new;
+        assert!(StorageError::Unavailable { backend: b, message: m() }.is_retriable());
+        assert!(StorageError::Timeout { backend: b, message: m() }.is_retriable());
+        assert!(!StorageError::Rejected { backend: b, message: m() }.is_retriable());
+        assert!(!StorageError::Config { backend: b, message: m() }.is_retriable());
+        assert!(!StorageError::Internal { backend: b, message: m() }.is_retriable());
+    }
+}

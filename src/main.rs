@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::FAILURE;
         }
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

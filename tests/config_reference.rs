@@ -142,11 +142,18 @@ fn parse_reference() -> Reference {
                         if v.secret { "secret" } else { "not secret" }
                     ));
                 }
+                let meaning = meaning.split_whitespace().collect::<Vec<_>>().join(" ");
+                if meaning.is_empty() {
+                    problems.push(format!(
+                        "default.toml line {}: `{name}` has no meaning: write `# env: {name} — what it does`",
+                        b.line
+                    ));
+                }
                 section.vars.push(Documented {
                     name,
                     secret,
                     key: v.key.to_string(),
-                    meaning: meaning.clone(),
+                    meaning,
                 });
             }
         }
@@ -569,7 +576,27 @@ fn env_comment_parser_handles_the_documented_forms() {
         ]
     );
     assert_eq!(meaning, "alt.");
-    let (vars, meaning) = parse_env_comment("DB_USER");
-    assert_eq!(vars, vec![("DB_USER".to_string(), false)]);
+    let (vars, meaning) = parse_env_comment("DB_USER (secret)");
+    assert_eq!(vars, vec![("DB_USER".to_string(), true)]);
     assert!(meaning.is_empty());
+}
+
+#[test]
+fn every_metric_is_documented() {
+    let docs = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    let text = connect_extension_mongodb::telemetry::Metrics::new().encode();
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(!names.is_empty(), "no metric families in:\n{text}");
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|n| !docs.contains(&format!("`{n}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metrics exported by /metrics but not in docs/operations.md (section Metrics): {missing:?}"
+    );
 }

@@ -14,21 +14,17 @@
 # Same toolchain as CI; the locked dependencies need Rust >= 1.89.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-
-# Dependencies first, so a source change does not rebuild them: a throw-away lib/main that
-# compiles against the locked dependency graph.
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src config \
-    && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs config/default.toml \
-    && cargo build --release --locked \
-    && rm -rf src config
-
-COPY config ./config
-COPY src ./src
-# `touch` so cargo sees the real sources as newer than the throw-away build above.
-RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
+# The whole (filtered, see .dockerignore) source tree: Cargo.toml may name tests/benches targets,
+# which cargo wants to see even to build the binary alone.
+COPY . .
+# BuildKit cache mounts keep the registry and compiled dependencies between builds (BuildKit is
+# the default builder since Docker 23 and in Compose v2; older engines: DOCKER_BUILDKIT=1, and
+# COMPOSE_DOCKER_CLI_BUILD=1 for docker-compose 1.x). The binary is copied out of the cached
+# target/ in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked --bin connect-extension-mongodb \
     && install -D -m 0755 target/release/connect-extension-mongodb /out/connect-extension-mongodb \
     && mkdir -p /out/data
 

@@ -92,8 +92,7 @@ fn is_key_line(line: &str) -> Option<String> {
     let (k, _) = line.split_once('=')?;
     let k = k.trim();
     (!k.is_empty()
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
     .then(|| k.to_string())
 }
@@ -138,7 +137,11 @@ fn parse_reference() -> Reference {
                     problems.push(format!(
                         "default.toml line {}: `{name}` is {} in the comment but {} in ENV_VARS",
                         b.line,
-                        if secret { "marked (secret)" } else { "not marked (secret)" },
+                        if secret {
+                            "marked (secret)"
+                        } else {
+                            "not marked (secret)"
+                        },
                         if v.secret { "secret" } else { "not secret" }
                     ));
                 }

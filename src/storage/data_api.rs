@@ -214,7 +214,7 @@ impl ApiError {
     }
 
     fn describe(&self) -> String {
-        let mut s = format!("{}", self.action);
+        let mut s = self.action.clone();
         if let Some(status) = self.status {
             s.push_str(&format!(": HTTP {status}"));
         }
@@ -276,12 +276,19 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// `Retry-After`: delay-seconds or an HTTP date.
 fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// A plain JSON value as BSON, without reading `$`-keys as Extended JSON: integers that fit are
@@ -307,7 +314,9 @@ pub fn json_to_bson(v: &Value) -> Bson {
 }
 
 fn json_object_to_document(o: &Map<String, Value>) -> Document {
-    o.iter().map(|(k, v)| (k.clone(), json_to_bson(v))).collect()
+    o.iter()
+        .map(|(k, v)| (k.clone(), json_to_bson(v)))
+        .collect()
 }
 
 /// An answer value (canonical or relaxed Extended JSON, or plain JSON) as relaxed JSON: numbers
@@ -318,6 +327,8 @@ pub fn decode_value(v: Value) -> Value {
         Err(_) => v,
     }
 }
+
+type ApiResult<T> = Result<T, Box<ApiError>>;
 
 /// The Data API storage backend.
 pub struct DataApiStorage {
@@ -369,7 +380,10 @@ impl DataApiStorage {
         for (name, value) in [
             ("DB (storage.database)", &settings.storage.database),
             ("CLUSTER (storage.data_api.cluster)", &s.cluster),
-            ("HTTP_COLLECTION (storage.data_api.collection)", &s.collection),
+            (
+                "HTTP_COLLECTION (storage.data_api.collection)",
+                &s.collection,
+            ),
         ] {
             if value.trim().is_empty() {
                 return Err(config_error(format!("{name} must not be empty")));
@@ -498,12 +512,7 @@ impl DataApiStorage {
         .expect("JSON values always serialise")
     }
 
-    async fn send_once(
-        &self,
-        action: &str,
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<Value, ApiError> {
+    async fn send_once(&self, action: &str, body: &[u8], timeout: Duration) -> ApiResult<Value> {
         let url = format!("{}/action/{action}", self.base);
         let result = self
             .http
@@ -521,7 +530,9 @@ impl DataApiStorage {
             .await
             .map_err(|e| reqwest_error(action, e))?;
         if !status.is_success() {
-            return Err(ApiError::from_answer(action, status, &headers, &bytes));
+            return Err(Box::new(ApiError::from_answer(
+                action, status, &headers, &bytes,
+            )));
         }
         // Whatever the Content-Type says (text/plain happened): it is JSON or EJSON.
         match serde_json::from_slice::<Value>(&bytes) {
@@ -530,7 +541,7 @@ impl DataApiStorage {
                 let mut err = ApiError::from_answer(action, status, &headers, &bytes);
                 err.kind = ApiErrorKind::Decode;
                 err.body = format!("answer is not JSON ({e}): {}", err.body);
-                Err(err)
+                Err(Box::new(err))
             }
         }
     }
@@ -541,7 +552,7 @@ impl DataApiStorage {
         action: &str,
         fields: Vec<(&str, Value)>,
         deadline: Duration,
-    ) -> Result<Value, ApiError> {
+    ) -> ApiResult<Value> {
         let body = self.body(fields);
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -603,7 +614,7 @@ impl DataApiStorage {
     }
 
     /// The ids among `ids` that are stored.
-    async fn existing_ids(&self, ids: &[&str]) -> Result<Vec<String>, ApiError> {
+    async fn existing_ids(&self, ids: &[&str]) -> ApiResult<Vec<String>> {
         let answer = self
             .call(
                 "find",
@@ -742,7 +753,7 @@ fn duplicate_position(message: &str, ids: &[&str]) -> Option<usize> {
     })
 }
 
-fn documents_of(answer: Value, action: &str) -> Result<Vec<Value>, ApiError> {
+fn documents_of(answer: Value, action: &str) -> ApiResult<Vec<Value>> {
     match answer {
         Value::Object(mut o) => match o.remove("documents") {
             Some(Value::Array(docs)) => Ok(docs.into_iter().map(decode_value).collect()),
@@ -753,11 +764,15 @@ fn documents_of(answer: Value, action: &str) -> Result<Vec<Value>, ApiError> {
     }
 }
 
-fn decode_error(action: &str, message: &str) -> ApiError {
-    ApiError::transport(action, ApiErrorKind::Decode, message.to_string())
+fn decode_error(action: &str, message: &str) -> Box<ApiError> {
+    Box::new(ApiError::transport(
+        action,
+        ApiErrorKind::Decode,
+        message.to_string(),
+    ))
 }
 
-fn reqwest_error(action: &str, e: reqwest::Error) -> ApiError {
+fn reqwest_error(action: &str, e: reqwest::Error) -> Box<ApiError> {
     let kind = if e.is_timeout() {
         ApiErrorKind::Timeout
     } else {
@@ -772,7 +787,7 @@ fn reqwest_error(action: &str, e: reqwest::Error) -> ApiError {
         message.push_str(&s.to_string());
         source = s.source();
     }
-    ApiError::transport(action, kind, message)
+    Box::new(ApiError::transport(action, kind, message))
 }
 
 #[async_trait]
@@ -836,20 +851,26 @@ impl Storage for DataApiStorage {
         )
         .await
         .map(|_| ())
-        .map_err(ApiError::into_storage_error)
+        .map_err(|e| e.into_storage_error())
     }
 
     async fn get(&self, id: &str) -> Result<Option<Value>, StorageError> {
         let answer = self
-            .call("findOne", vec![("filter", json!({"_id": id}))], self.deadline)
+            .call(
+                "findOne",
+                vec![("filter", json!({"_id": id}))],
+                self.deadline,
+            )
             .await
-            .map_err(ApiError::into_storage_error)?;
+            .map_err(|e| e.into_storage_error())?;
         match answer {
             Value::Object(mut o) => match o.remove("document") {
                 Some(Value::Null) | None => Ok(None),
                 Some(doc) => Ok(Some(decode_value(doc))),
             },
-            _ => Err(decode_error("findOne", "the answer is not a JSON object").into_storage_error()),
+            _ => {
+                Err(decode_error("findOne", "the answer is not a JSON object").into_storage_error())
+            }
         }
     }
 
@@ -875,8 +896,8 @@ impl Storage for DataApiStorage {
                 self.deadline,
             )
             .await
-            .map_err(ApiError::into_storage_error)?;
-        documents_of(answer, "find").map_err(ApiError::into_storage_error)
+            .map_err(|e| e.into_storage_error())?;
+        documents_of(answer, "find").map_err(|e| e.into_storage_error())
     }
 }
 
@@ -905,7 +926,10 @@ mod tests {
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
         h.insert("retry-after", HeaderValue::from_str(&later).unwrap());
         let d = parse_retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
         h.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h), None);
     }
@@ -942,8 +966,14 @@ mod tests {
         let e = ApiError::from_answer("insertOne", StatusCode::UNAUTHORIZED, &h, body);
         assert_eq!(e.kind, ApiErrorKind::Unauthorized);
         let msg = e.into_storage_error().to_string();
-        assert!(msg.contains("invalid session: error finding user for endpoint"), "{msg}");
-        assert!(msg.contains("InvalidSession") && msg.contains("co_id=1"), "{msg}");
+        assert!(
+            msg.contains("invalid session: error finding user for endpoint"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("InvalidSession") && msg.contains("co_id=1"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -955,7 +985,10 @@ mod tests {
         assert_eq!(d.get("big"), Some(&Bson::Int64(i64::MAX)));
         assert_eq!(d.get("f"), Some(&Bson::Double(1.5)));
         let canonical = b.clone().into_canonical_extjson();
-        assert_eq!(canonical["big"], json!({"$numberLong": i64::MAX.to_string()}));
+        assert_eq!(
+            canonical["big"],
+            json!({"$numberLong": i64::MAX.to_string()})
+        );
         assert_eq!(decode_value(canonical), v);
     }
 }

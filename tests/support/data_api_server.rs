@@ -103,6 +103,8 @@ pub enum Fault {
     DropAfterCommit,
     /// Handle normally, label the success body `text/plain`.
     TextPlainSuccess,
+    /// No fault: handle normally (to aim a later fault at the n-th request).
+    Pass,
 }
 
 /// One request as the server received it.
@@ -190,6 +192,10 @@ impl DataApiServer {
             .push_back((action.map(str::to_string), fault));
     }
 
+    pub fn clear_faults(&self) {
+        self.shared.faults.lock().unwrap().clear();
+    }
+
     pub fn pending_faults(&self) -> usize {
         self.shared.faults.lock().unwrap().len()
     }
@@ -275,8 +281,7 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     if let Some(auth) = header_str(headers, "authorization") {
         if let Some(token) = auth.strip_prefix("Bearer ") {
             // An invalid token fails the request; no fall-back to other headers.
-            return (!cfg.bearer_tokens.iter().any(|t| t == token.trim()))
-                .then(invalid_session);
+            return (!cfg.bearer_tokens.iter().any(|t| t == token.trim())).then(invalid_session);
         }
     }
     // Header names are case-insensitive: `apiKey` arrives as `apikey`.
@@ -314,10 +319,13 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
 }
 
 fn media_type(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    headers.get(name).and_then(|v| v.to_str().ok()).map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    })
 }
 
 async fn handle(
@@ -391,16 +399,14 @@ async fn handle(
             body,
         }) => {
             let mut r = (StatusCode::from_u16(status).unwrap(), body).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(content_type),
-            );
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             return r;
         }
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
         Some(Fault::DropAfterCommit) => drop_after = true,
         Some(Fault::TextPlainSuccess) => text_plain = true,
-        None => {}
+        Some(Fault::Pass) | None => {}
     }
 
     if let Some(refused) = authenticate(&shared, &headers) {
@@ -574,7 +580,12 @@ fn db_failure(
             (w.code, w.code_name.clone(), w.message.clone(), Some(0))
         }
         ErrorKind::InsertMany(im) => match im.write_errors.as_ref().and_then(|w| w.first()) {
-            Some(w) => (w.code, w.code_name.clone(), w.message.clone(), Some(w.index)),
+            Some(w) => (
+                w.code,
+                w.code_name.clone(),
+                w.message.clone(),
+                Some(w.index),
+            ),
             None => (0, None, e.to_string(), None),
         },
         ErrorKind::Command(c) => (c.code, Some(c.code_name.clone()), c.message.clone(), None),
@@ -762,7 +773,9 @@ pub fn json_mode(b: Bson) -> Value {
         Bson::Boolean(b) => Value::Bool(b),
         Bson::Null | Bson::Undefined => Value::Null,
         Bson::RegularExpression(r) => json!({"Pattern": r.pattern, "Options": r.options}),
-        Bson::JavaScriptCodeWithScope(c) => json!({"Code": c.code, "Scope": json_mode(Bson::Document(c.scope))}),
+        Bson::JavaScriptCodeWithScope(c) => {
+            json!({"Code": c.code, "Scope": json_mode(Bson::Document(c.scope))})
+        }
         Bson::Int32(i) => json!(i),
         Bson::Int64(i) => json!(i),
         Bson::Timestamp(t) => json!({"T": t.time, "I": t.increment}),

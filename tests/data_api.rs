@@ -1023,3 +1023,95 @@ async fn a_rejected_batch_falls_back_to_one_insert_per_document() {
         .all(|r| matches!(r, Err(StorageError::Rejected { .. }))));
     assert_eq!(env.server.requests().len(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// End to end: the daemon with only the tutorial's Data API variables, events POSTed to it.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_stores_each_accepted_event_once_through_the_data_api() {
+    let Some(env) = Env::start("daemon").await else {
+        return;
+    };
+    let settings = env.settings(&[
+        ("HTTP_LISTEN", "127.0.0.1:0"),
+        ("STORAGE_BACKENDS", "auto"),
+        ("DATA_API_TIMEOUT_MS", "2000"),
+        ("DATA_API_DEADLINE_MS", "2500"),
+    ]);
+    let app = connect_extension_mongodb::App::build(settings)
+        .await
+        .expect("app");
+    assert_eq!(app.storage().current().name(), "data_api");
+    let base = format!("http://{}", app.http_addr());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run(stop.clone()));
+    let http = reqwest::Client::new();
+
+    let mut object: Value =
+        serde_json::from_str(include_str!("fixtures/purchase_request.json")).unwrap();
+    let object_id = format!("PR-E2E-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    object["id"] = json!(object_id);
+    let post = |body: Value| {
+        let http = http.clone();
+        let url = format!("{base}/events");
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let retry_after = r.headers().get("retry-after").cloned();
+            (status, retry_after, r.json::<Value>().await.unwrap())
+        }
+    };
+
+    // An outage: answered "try again later", nothing stored.
+    for _ in 0..100 {
+        env.server.inject(Some("insertOne"), Fault::InternalError);
+    }
+    let (status, retry_after, body) = post(object.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(retry_after.is_some());
+    assert_eq!(body["result"], json!("reschedule"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap_or("").contains("HTTP 500"),
+        "{body}"
+    );
+    env.server.clear_faults();
+
+    // Redelivered, with the answer lost after the commit: stored, once.
+    env.server.inject(Some("insertOne"), Fault::DropAfterCommit);
+    let (status, _, body) = post(object.clone()).await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let id = body["document_id"]
+        .as_str()
+        .expect("document_id")
+        .to_string();
+    assert_eq!(env.count_id(&id).await, 1);
+
+    // Delivered again: a duplicate, still one document; read back through the Data API.
+    let (status, _, body) = post(object.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["duplicate"], json!(true), "{body}");
+    assert_eq!(env.count_id(&id).await, 1);
+    let stored: Value = http
+        .get(format!("{base}/events/{}", urlencode(&id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The object exactly as POSTed.
+    assert_eq!(
+        connect_extension_mongodb::storage::EventDocument::object_of(&stored),
+        object,
+        "{stored}"
+    );
+    let ready = http.get(format!("{base}/ready")).send().await.unwrap();
+    assert!(ready.status().is_success());
+
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+fn urlencode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

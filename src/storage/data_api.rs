@@ -556,6 +556,7 @@ impl DataApiStorage {
         let body = self.body(fields);
         let started = Instant::now();
         let mut attempt = 0u32;
+        let mut previous: Option<Box<ApiError>> = None;
         loop {
             attempt += 1;
             let remaining = deadline.saturating_sub(started.elapsed());
@@ -564,6 +565,13 @@ impl DataApiStorage {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            // A last attempt cut short by the deadline says less than the failure before it
+            // (a 500 or 429 is more useful in the message than "timed out").
+            if err.kind == ApiErrorKind::Timeout && timeout < self.request_timeout {
+                if let Some(prev) = previous.take() {
+                    err = prev;
+                }
+            }
             err.attempts = attempt;
             if !err.is_retriable() {
                 return Err(err);
@@ -588,6 +596,7 @@ impl DataApiStorage {
                 error = %err.describe(),
                 "Data API request failed; retrying"
             );
+            previous = Some(err);
             tokio::time::sleep(wait).await;
         }
     }

@@ -51,10 +51,7 @@ fn with_time(mut doc: EventDocument, event_type: &str, secs_ago: i64) -> EventDo
     doc.event_type = event_type.to_string();
     let meta = doc.body.get_mut(super::META_KEY).expect("meta");
     meta["event_type"] = json!(event_type);
-    meta["received_at"] = json!(doc
-        .received_at
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap());
+    meta["received_at"] = json!(super::format_timestamp(doc.received_at));
     doc
 }
 

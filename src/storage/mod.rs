@@ -27,7 +27,6 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::{BackendKind, IdStrategy, Settings};
@@ -73,7 +72,7 @@ impl EventDocument {
             "object_id": event.object_id,
             "task_id": event.task_id,
             "source": event.source.as_str(),
-            "received_at": received_at.format(&Rfc3339).unwrap_or_default(),
+            "received_at": format_timestamp(received_at),
         });
         // Keep an object's own `_id` / `_connect` (unlikely, but lossless) inside our metadata.
         if let Value::Object(obj) = &event.object {
@@ -108,6 +107,17 @@ impl EventDocument {
         }
         Value::Object(obj)
     }
+}
+
+/// RFC 3339 in UTC with a fixed nine-digit fraction (`2026-11-28T17:21:48.123456789Z`), so that
+/// comparing the strings orders by time — backends that sort on `_connect.received_at` rely on it.
+pub fn format_timestamp(t: OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_default()
 }
 
 /// The document id for `event` under `strategy` (see `config/default.toml`, `id_strategy`).
@@ -299,6 +309,16 @@ mod tests {
             e = e.with_task_id(t);
         }
         e
+    }
+
+    #[test]
+    fn timestamps_sort_as_strings() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let a = format_timestamp(t);
+        let b = format_timestamp(t + time::Duration::nanoseconds(1_500_000));
+        let c = format_timestamp(t + time::Duration::seconds(1));
+        assert_eq!(a, "2023-11-14T22:13:20.000000000Z");
+        assert!(a < b && b < c, "{a} {b} {c}");
     }
 
     #[test]

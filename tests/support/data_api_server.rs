@@ -341,7 +341,7 @@ async fn handle(
         let mut faults = shared.faults.lock().unwrap();
         if let Some(pos) = faults
             .iter()
-            .position(|(a, _)| a.as_deref().map_or(true, |a| a == action))
+            .position(|(a, _)| a.as_deref().is_none_or(|a| a == action))
         {
             fault = faults.remove(pos).map(|(_, f)| f);
         }

@@ -361,7 +361,12 @@ impl EventsSettings {
     /// Parses `"type:s1,s2;type2:s3"`.
     pub fn persist_rules(&self) -> Result<Vec<PersistRule>, ConfigError> {
         let mut rules: Vec<PersistRule> = Vec::new();
-        for part in self.persist.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in self
+            .persist
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             let (ty, statuses) = part.split_once(':').unwrap_or((part, ""));
             let event_type: EventType = ty.trim().parse().unwrap();
             if let EventType::Other(name) = &event_type {
@@ -376,8 +381,7 @@ impl EventsSettings {
                 .iter()
                 .map(|s| s.parse().unwrap())
                 .collect();
-            if event_type.category() == crate::events::Category::Background && statuses.is_empty()
-            {
+            if event_type.category() == crate::events::Category::Background && statuses.is_empty() {
                 return Err(setting_error(
                     "events.persist",
                     format!("background event type `{event_type}` needs at least one status (accepted: {})",
@@ -473,7 +477,10 @@ impl StorageSettings {
                 format!(
                     "`{}` is not among the configured backends ({})",
                     kind.as_str(),
-                    list.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ")
+                    list.iter()
+                        .map(|b| b.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -493,8 +500,7 @@ impl Settings {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
         use config::{Config, File, FileFormat};
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         match file {
             Some(path) => {
                 if !path.exists() {
@@ -564,10 +570,10 @@ impl Settings {
                 }
             }
         }
-        if backends.contains(&BackendKind::Driver) || backends.contains(&BackendKind::DataApi) {
-            if self.storage.database.is_empty() {
-                return Err(setting_error("storage.database", "must not be empty"));
-            }
+        if (backends.contains(&BackendKind::Driver) || backends.contains(&BackendKind::DataApi))
+            && self.storage.database.is_empty()
+        {
+            return Err(setting_error("storage.database", "must not be empty"));
         }
         if backends.contains(&BackendKind::DataApi) {
             let ep = &self.storage.data_api.endpoint;
@@ -582,7 +588,9 @@ impl Settings {
         if wc != "majority" && wc.parse::<u32>().is_err() {
             return Err(setting_error(
                 "storage.driver.write_concern",
-                format!("`{wc}` is not accepted; accepted: majority, or a number of nodes (e.g. 1)"),
+                format!(
+                    "`{wc}` is not accepted; accepted: majority, or a number of nodes (e.g. 1)"
+                ),
             ));
         }
         if self.storage.reschedule_countdown < 30 {
@@ -643,7 +651,7 @@ fn map_config_error(e: config::ConfigError) -> ConfigError {
     // The crate reports `… for key \`a.b\`` (or "a.b"); find which of our keys it is.
     let mut best: Option<&EnvVar> = None;
     for v in ENV_VARS {
-        if msg.contains(v.key) && best.is_none_or(|b| v.key.len() > b.key.len()) {
+        if msg.contains(v.key) && best.map_or(true, |b| v.key.len() > b.key.len()) {
             best = Some(v);
         }
     }
@@ -697,10 +705,7 @@ mod tests {
     fn defaults_are_the_embedded_default() {
         let s = load(&[]).unwrap();
         assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(
-            s.storage.backend_list().unwrap(),
-            vec![BackendKind::Local]
-        );
+        assert_eq!(s.storage.backend_list().unwrap(), vec![BackendKind::Local]);
         assert_eq!(s.storage.id_strategy, IdStrategy::State);
         assert!(!s.connect.enabled());
         let rules = s.events.persist_rules().unwrap();
@@ -715,7 +720,10 @@ mod tests {
     #[test]
     fn tutorial_variables_map_to_their_settings() {
         let s = load(&[
-            ("DATA_API_ENDPOINT", "https://data.example/app/x/endpoint/data/v1"),
+            (
+                "DATA_API_ENDPOINT",
+                "https://data.example/app/x/endpoint/data/v1",
+            ),
             ("DB", "tutorial"),
             ("HTTP_COLLECTION", "http_coll"),
             ("CLUSTER", "Cluster9"),
@@ -760,8 +768,8 @@ mod tests {
         let s = Settings::load_with(Some(&file), |_| None).unwrap();
         assert_eq!(s.storage.database, "from_file");
         assert_eq!(s.storage.id_strategy, IdStrategy::Task);
-        let s = Settings::load_with(Some(&file), |k| (k == "DB").then(|| "from_env".into()))
-            .unwrap();
+        let s =
+            Settings::load_with(Some(&file), |k| (k == "DB").then(|| "from_env".into())).unwrap();
         assert_eq!(s.storage.database, "from_env");
         assert_eq!(s.storage.id_strategy, IdStrategy::Task);
     }
@@ -788,7 +796,10 @@ mod tests {
         let err = load(&[("STORAGE_BACKENDS", "postgres")])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("STORAGE_BACKENDS") && err.contains("data_api"), "{err}");
+        assert!(
+            err.contains("STORAGE_BACKENDS") && err.contains("data_api"),
+            "{err}"
+        );
 
         let err = load(&[("LOG_FORMAT", "xml")]).unwrap_err().to_string();
         assert!(err.contains("LOG_FORMAT") && err.contains("json"), "{err}");
@@ -814,15 +825,27 @@ mod tests {
         let err = load(&[("PERSIST_EVENTS", "asset_purchase_request_processing:bogus")])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("PERSIST_EVENTS") && err.contains("pending"), "{err}");
+        assert!(
+            err.contains("PERSIST_EVENTS") && err.contains("pending"),
+            "{err}"
+        );
 
-        let err = load(&[("STORAGE_PRIMARY", "driver")]).unwrap_err().to_string();
+        let err = load(&[("STORAGE_PRIMARY", "driver")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("STORAGE_PRIMARY"), "{err}");
 
-        let err = load(&[("DRIVER_WRITE_CONCERN", "all")]).unwrap_err().to_string();
-        assert!(err.contains("DRIVER_WRITE_CONCERN") && err.contains("majority"), "{err}");
+        let err = load(&[("DRIVER_WRITE_CONCERN", "all")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("DRIVER_WRITE_CONCERN") && err.contains("majority"),
+            "{err}"
+        );
 
-        let err = load(&[("RESCHEDULE_COUNTDOWN", "5")]).unwrap_err().to_string();
+        let err = load(&[("RESCHEDULE_COUNTDOWN", "5")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("RESCHEDULE_COUNTDOWN"), "{err}");
     }
 
@@ -834,7 +857,10 @@ mod tests {
             ("DB_HOST", "h"),
             ("DB_USER", "u"),
             ("DB_PASSWORD", "topsecret3"),
-            ("MONGODB_URI", "mongodb://u:topsecret4@db:27017/?authSource=admin"),
+            (
+                "MONGODB_URI",
+                "mongodb://u:topsecret4@db:27017/?authSource=admin",
+            ),
             ("HTTP_TOKEN", "topsecret5"),
         ])
         .unwrap();
@@ -844,7 +870,10 @@ mod tests {
         for out in [&debug, &json, &env] {
             assert!(!out.contains("topsecret"), "{out}");
         }
-        assert!(json.contains("mongodb://u:***@db:27017/?authSource=admin"), "{json}");
+        assert!(
+            json.contains("mongodb://u:***@db:27017/?authSource=admin"),
+            "{json}"
+        );
         assert_eq!(s.storage.driver.password.expose(), "topsecret3");
     }
 

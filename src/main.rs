@@ -76,7 +76,11 @@ fn main() -> ExitCode {
                 Ok(b) => eprintln!(
                     "configuration OK; storage backends: {}; Connect channel: {}",
                     b.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", "),
-                    if settings.connect.enabled() { "on" } else { "off (API_KEY/ENVIRONMENT_ID not set)" }
+                    if settings.connect.enabled() {
+                        "on"
+                    } else {
+                        "off (API_KEY/ENVIRONMENT_ID not set)"
+                    }
                 ),
                 Err(e) => {
                     eprintln!("error: {e}");

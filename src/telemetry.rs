@@ -172,11 +172,7 @@ impl Metrics {
             "Connect REST fetch latency (status gate and object)",
             m.fetch_latency.clone(),
         );
-        registry.register(
-            "reconnects",
-            "Websocket reconnects",
-            m.reconnects.clone(),
-        );
+        registry.register("reconnects", "Websocket reconnects", m.reconnects.clone());
         registry.register(
             "tasks_in_flight",
             "Connect tasks being handled",

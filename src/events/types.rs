@@ -363,7 +363,10 @@ mod tests {
             EventType::ProductActionExecution.category(),
             Category::Interactive
         );
-        assert_eq!(EventType::ScheduledExecution.category(), Category::Scheduled);
+        assert_eq!(
+            EventType::ScheduledExecution.category(),
+            Category::Scheduled
+        );
     }
 
     #[test]
@@ -383,7 +386,10 @@ mod tests {
             EventType::for_object(&tcr),
             Some(EventType::TierConfigSetupRequestProcessing)
         );
-        assert_eq!(EventType::for_object(&json!({"id": "PR-1", "type": "bogus"})), None);
+        assert_eq!(
+            EventType::for_object(&json!({"id": "PR-1", "type": "bogus"})),
+            None
+        );
         assert_eq!(EventType::for_object(&json!({"type": "purchase"})), None);
     }
 }

@@ -28,10 +28,14 @@ pub fn parse_item(item: Value, at: Option<usize>) -> Result<Event, ApiError> {
     let Value::Object(mut map) = item else {
         return Err(ApiError::bad_request(
             "invalid_event",
-            format!("{whr}expected a JSON object (a Connect object or {{\"event_type\", \"object\"}})"),
+            format!(
+                "{whr}expected a JSON object (a Connect object or {{\"event_type\", \"object\"}})"
+            ),
         ));
     };
-    let (event_type, object, task_id) = if map.contains_key("event_type") && map.contains_key("object") {
+    let (event_type, object, task_id) = if map.contains_key("event_type")
+        && map.contains_key("object")
+    {
         let event_type = match map.remove("event_type") {
             Some(Value::String(s)) if !s.is_empty() => s.parse::<EventType>().unwrap(),
             _ => {
@@ -130,9 +134,8 @@ pub async fn post_events(
             ApiError::new(e.status(), "bad_body", e.body_text())
         }
     })?;
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
-    })?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
     let (events, single) = match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -163,7 +166,14 @@ pub async fn post_events(
     } else if outcomes.iter().any(|o| matches!(o, Outcome::Fail { .. })) {
         StatusCode::UNPROCESSABLE_ENTITY
     } else if outcomes.iter().any(|o| {
-        matches!(o, Outcome::Done { document_id: Some(_), duplicate: false, .. })
+        matches!(
+            o,
+            Outcome::Done {
+                document_id: Some(_),
+                duplicate: false,
+                ..
+            }
+        )
     }) {
         StatusCode::CREATED
     } else {
@@ -181,9 +191,10 @@ pub async fn post_events(
     };
     let mut response = (status, Json(body)).into_response();
     if let Some(secs) = retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, secs.to_string().parse().expect("digits"));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            secs.to_string().parse().expect("digits"),
+        );
     }
     Ok(response)
 }

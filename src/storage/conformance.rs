@@ -20,7 +20,10 @@ use crate::config::IdStrategy;
 use crate::events::{Event, EventType, Source};
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// A purchase-request document for `object_id` in `status`, updated at `updated`.

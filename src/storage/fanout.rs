@@ -124,8 +124,14 @@ mod tests {
     #[test]
     fn combine_requires_every_backend() {
         use SaveOutcome::*;
-        assert_eq!(combine(vec![Ok(Inserted), Ok(Duplicate)]).unwrap(), Inserted);
-        assert_eq!(combine(vec![Ok(Duplicate), Ok(Duplicate)]).unwrap(), Duplicate);
+        assert_eq!(
+            combine(vec![Ok(Inserted), Ok(Duplicate)]).unwrap(),
+            Inserted
+        );
+        assert_eq!(
+            combine(vec![Ok(Duplicate), Ok(Duplicate)]).unwrap(),
+            Duplicate
+        );
         assert!(combine(vec![Ok(Inserted), Err(unavailable())])
             .unwrap_err()
             .is_retriable());

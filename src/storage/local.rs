@@ -309,9 +309,10 @@ impl Storage for LocalStorage {
                  ORDER BY received_ns DESC, seq DESC
                  LIMIT ?4",
             )?;
-            let rows = stmt.query_map(params![q.event_type, q.status, q.object_id, limit], |r| {
-                r.get::<_, String>(0)
-            })?;
+            let rows = stmt
+                .query_map(params![q.event_type, q.status, q.object_id, limit], |r| {
+                    r.get::<_, String>(0)
+                })?;
             rows.map(|r| r.and_then(parse_body)).collect()
         })
         .await
@@ -347,7 +348,10 @@ mod tests {
 
     crate::storage_conformance!(async {
         let (dir, store) = open_temp();
-        (Box::new(dir) as Box<dyn std::any::Any + Send>, std::sync::Arc::new(store) as std::sync::Arc<dyn crate::storage::Storage>)
+        (
+            Box::new(dir) as Box<dyn std::any::Any + Send>,
+            std::sync::Arc::new(store) as std::sync::Arc<dyn crate::storage::Storage>,
+        )
     });
 
     #[tokio::test]

@@ -113,12 +113,10 @@ impl EventDocument {
 /// The document id for `event` under `strategy` (see `config/default.toml`, `id_strategy`).
 pub fn document_id(event: &Event, strategy: IdStrategy) -> String {
     match strategy {
-        IdStrategy::State => {
-            match event.object.get("updated").and_then(Value::as_str) {
-                Some(updated) => format!("{}:{}:{}", event.object_id, event.status_str(), updated),
-                None => document_id(event, IdStrategy::Task),
-            }
-        }
+        IdStrategy::State => match event.object.get("updated").and_then(Value::as_str) {
+            Some(updated) => format!("{}:{}:{}", event.object_id, event.status_str(), updated),
+            None => document_id(event, IdStrategy::Task),
+        },
         IdStrategy::Task => match &event.task_id {
             Some(task) => format!("{}:{}", event.object_id, task),
             None => document_id(event, IdStrategy::Generated),
@@ -348,20 +346,37 @@ mod tests {
         e.object["_id"] = json!({"$oid": "x"});
         e.object[META_KEY] = json!(1);
         let doc = EventDocument::from_event(&e, IdStrategy::State);
-        assert_eq!(
-            EventDocument::object_of(&Value::Object(doc.body)),
-            e.object
-        );
+        assert_eq!(EventDocument::object_of(&Value::Object(doc.body)), e.object);
     }
 
     #[test]
     fn retriable_classification() {
         let b = "x";
         let m = String::new;
-        assert!(StorageError::Unavailable { backend: b, message: m() }.is_retriable());
-        assert!(StorageError::Timeout { backend: b, message: m() }.is_retriable());
-        assert!(!StorageError::Rejected { backend: b, message: m() }.is_retriable());
-        assert!(!StorageError::Config { backend: b, message: m() }.is_retriable());
-        assert!(!StorageError::Internal { backend: b, message: m() }.is_retriable());
+        assert!(StorageError::Unavailable {
+            backend: b,
+            message: m()
+        }
+        .is_retriable());
+        assert!(StorageError::Timeout {
+            backend: b,
+            message: m()
+        }
+        .is_retriable());
+        assert!(!StorageError::Rejected {
+            backend: b,
+            message: m()
+        }
+        .is_retriable());
+        assert!(!StorageError::Config {
+            backend: b,
+            message: m()
+        }
+        .is_retriable());
+        assert!(!StorageError::Internal {
+            backend: b,
+            message: m()
+        }
+        .is_retriable());
     }
 }

@@ -56,7 +56,10 @@ async fn run(n: usize) {
         ("INSTANCE_ID", "bench".to_string()),
         ("SERVER_ADDRESS", platform.server_address()),
         ("API_ADDRESS", platform.api_address()),
-        ("LOCAL_DATA_DIR", dir.path().join("data").display().to_string()),
+        (
+            "LOCAL_DATA_DIR",
+            dir.path().join("data").display().to_string(),
+        ),
         ("HTTP_LISTEN", "127.0.0.1:0".to_string()),
     ]
     .into_iter()
@@ -67,7 +70,9 @@ async fn run(n: usize) {
 
     let started = Instant::now();
     let settings = Settings::load_with(Some(&empty), move |k| env.get(k).cloned()).unwrap();
-    let app = App::build_with(settings, AppOptions::default()).await.unwrap();
+    let app = App::build_with(settings, AppOptions::default())
+        .await
+        .unwrap();
     let stop = CancellationToken::new();
     let run = tokio::spawn(app.run(stop.clone()));
     let (mut bg, _ia) = platform.both_channels().await;

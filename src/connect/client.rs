@@ -685,9 +685,11 @@ impl Channel {
                             self.spawn_task(*task, p);
                         }
                         Ok(Incoming::SetupResponse(r)) => {
+                            // Merge now (arrival order); a storage rebuild runs beside the
+                            // reader, never in its way.
+                            let merged = self.shared.live.merge(&r);
                             let me = self.clone();
-                            // Storage may be rebuilt: do it beside the reader, never in its way.
-                            tokio::spawn(async move { me.apply_setup(&r).await });
+                            tokio::spawn(async move { me.shared.live.activate(me.name(), merged).await });
                         }
                         Ok(Incoming::Shutdown) => {
                             tracing::info!(channel = self.name(), in_flight = self.in_flight(), "the platform asked to shut down; draining in-flight tasks");

@@ -243,6 +243,13 @@ impl LiveConfig {
 
     /// Merges a `setup_response` and applies it: storage rebuilt when its settings changed.
     pub async fn apply(&self, channel: &str, response: &SetupResponse) {
+        let merged = self.merge(response);
+        self.activate(channel, merged).await;
+    }
+
+    /// The synchronous half of [`LiveConfig::apply`]: merge (in arrival order) and remember the
+    /// new secrets for log scrubbing.
+    pub fn merge(&self, response: &SetupResponse) -> Merged {
         let merged = {
             let mut m = self.merged.lock().expect("live config lock");
             m.merge(response);
@@ -256,7 +263,12 @@ impl LiveConfig {
         if let Some(k) = &merged.logging_api_key {
             self.scrubber.add(k);
         }
-        self.apply_storage(&merged).await;
+        merged
+    }
+
+    /// The asynchronous half: rebuild storage if needed, then log the update.
+    pub async fn activate(&self, channel: &str, merged: Merged) {
+        self.apply_storage().await;
         tracing::info!(
             channel,
             environment_type = merged.environment_type.as_deref().unwrap_or(""),
@@ -265,10 +277,11 @@ impl LiveConfig {
         );
     }
 
-    async fn apply_storage(&self, merged: &Merged) {
-        let settings = self.effective_settings(merged);
-        let wanted = StorageFingerprint::of(&settings);
+    async fn apply_storage(&self) {
         let mut applied = self.applied.lock().await;
+        // Read the merged state under the rebuild lock, so concurrent updates apply in order.
+        let settings = self.effective_settings(&self.snapshot());
+        let wanted = StorageFingerprint::of(&settings);
         if *applied == wanted {
             return;
         }

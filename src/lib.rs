@@ -44,6 +44,18 @@ pub enum AppError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Connect(#[from] connect::ConnectError),
+}
+
+/// A hook that adds or replaces handlers before the registry is frozen (extensions, tests).
+pub type RegistryHook = Box<dyn FnOnce(&mut Registry, &Arc<SharedStorage>, &Arc<Metrics>) + Send>;
+
+/// Build-time options beyond [`Settings`]: custom handlers, internal Connect timings.
+#[derive(Default)]
+pub struct AppOptions {
+    pub registry_hook: Option<RegistryHook>,
+    pub connect_tuning: connect::Tuning,
 }
 
 /// A built daemon: listeners bound, storage connected, not yet serving.
@@ -51,32 +63,65 @@ pub struct App {
     settings: Arc<Settings>,
     listener: TcpListener,
     state: AppState,
+    connect: Option<connect::ConnectService>,
 }
 
 impl App {
     pub async fn build(settings: Settings) -> Result<App, AppError> {
+        Self::build_with(settings, AppOptions::default()).await
+    }
+
+    pub async fn build_with(settings: Settings, options: AppOptions) -> Result<App, AppError> {
         settings.validate()?;
         let metrics = Metrics::shared();
         let storage = storage::connect(&settings).await?;
         tracing::info!(backend = storage.name(), "storage connected");
         let storage = Arc::new(SharedStorage::new(storage));
-        let registry = events::default_registry(&settings, storage.clone(), metrics.clone())?;
+        let mut registry = events::default_registry(&settings, storage.clone(), metrics.clone())?;
+        if let Some(hook) = options.registry_hook {
+            hook(&mut registry, &storage, &metrics);
+        }
+        let mut probes: Vec<Arc<dyn http::ReadinessProbe>> = Vec::new();
+        let mut connect_service = None;
+        let registry = if settings.connect.enabled() {
+            connect::register_interactive_defaults(
+                &mut registry,
+                &settings,
+                storage.clone(),
+                metrics.clone(),
+            );
+            let registry = Arc::new(registry);
+            let service = connect::ConnectService::build(
+                &settings,
+                registry.clone(),
+                storage.clone(),
+                metrics.clone(),
+                options.connect_tuning,
+            )?;
+            probes.push(service.probe());
+            connect_service = Some(service);
+            registry
+        } else {
+            tracing::info!("Connect channel off (API_KEY/ENVIRONMENT_ID not set): HTTP only");
+            Arc::new(registry)
+        };
         let addr = settings.http.listen;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::Bind { addr, source })?;
         let state = AppState {
-            registry: Arc::new(registry),
+            registry,
             storage,
             metrics,
             token: settings.http.token.clone(),
             max_body_bytes: settings.http.max_body_bytes,
-            probes: Vec::new(),
+            probes,
         };
         Ok(App {
             settings: Arc::new(settings),
             listener,
             state,
+            connect: connect_service,
         })
     }
 
@@ -101,8 +146,14 @@ impl App {
         self.state.storage.clone()
     }
 
-    /// Serves until `shutdown` is cancelled; then stops intake, lets in-flight events finish
-    /// (bounded by `shutdown.grace`), flushes storage and returns.
+    /// The Connect instance id in use (None when the channel is off).
+    pub fn connect_instance_id(&self) -> Option<&str> {
+        self.connect.as_ref().map(|c| c.instance_id())
+    }
+
+    /// Serves until `shutdown` is cancelled (or the platform shuts down both Connect channels);
+    /// then stops intake, lets in-flight events finish (bounded by `shutdown.grace`; Connect tasks
+    /// still running then are answered `retry`), flushes storage and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let addr = self.http_addr();
         let grace = Duration::from_secs(self.settings.shutdown.grace);
@@ -113,7 +164,30 @@ impl App {
                 .into_future(),
         );
         tracing::info!(%addr, "listening");
-        shutdown.cancelled().await;
+        let mut connect = self.connect.map(|c| tokio::spawn(c.run(shutdown.clone())));
+        if let Some(handle) = connect.as_mut() {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                platform = handle => {
+                    connect = None;
+                    if platform.unwrap_or(false) {
+                        tracing::info!("the platform shut down both Connect channels: stopping");
+                    }
+                    shutdown.cancel();
+                }
+            }
+        } else {
+            shutdown.cancelled().await;
+        }
+        if let Some(handle) = connect {
+            // The channels send `shutdown`, drain within the grace period and close.
+            if tokio::time::timeout(grace + Duration::from_secs(3), handle)
+                .await
+                .is_err()
+            {
+                tracing::warn!("Connect channels did not close within the grace period");
+            }
+        }
         let drained = shutdown::within_grace(grace, async {
             match server.await {
                 Ok(Ok(())) => {}

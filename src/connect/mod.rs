@@ -1,2 +1,479 @@
-//! The Connect EaaS websocket task channel. (Implemented by the websocket-channel issue; until
-//! then the daemon runs HTTP-only.)
+//! The Connect EaaS websocket task channel: a drop-in replacement for the Python
+//! `connect-extension-runner`'s two events workers (connect-protocol.md; docs/connect.md).
+//!
+//! | file | what |
+//! |---|---|
+//! | `protocol.rs` | wire types (serde only) and the Python `json.dumps` layout |
+//! | `client.rs` | one channel: connect, handshake, read, results, keepalive, reconnect, drain |
+//! | `tasks.rs` | one task: status gate + fetch + registry, or interactive, or scheduled |
+//! | `rest.rs` | the Connect REST calls (count, object) |
+//! | `live.rs` | `setup_response` merging and storage rebuilds from extension variables |
+//! | `proxy.rs` | HTTPS_PROXY (HTTP CONNECT) for the websocket |
+//! | `redact.rs` | scrubbing frames before they are logged |
+//!
+//! [`ConnectService::build`] prepares both channels (`background`, `interactive`);
+//! [`ConnectService::run`] runs them until the platform shuts both down or the stop token fires.
+
+pub mod client;
+pub mod live;
+pub mod protocol;
+pub mod proxy;
+pub mod redact;
+pub mod rest;
+pub mod tasks;
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::events::persist::PersistHandler;
+use crate::events::validation::EchoValidation;
+use crate::events::{EventType, Handler, Registry};
+use crate::http::ReadinessProbe;
+use crate::storage::SharedStorage;
+use crate::telemetry::Metrics;
+use client::{Channel, ChannelOptions, ChannelStatus, RunnerType, Shared};
+use protocol::{Repository, SetupRequest};
+
+/// Internal timings, fixed in production (the runner's values) and shortened by tests.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Wait for the pong to the first ping (runner: 5 s).
+    pub handshake_ping_timeout: Duration,
+    /// Pause after an established connection drops (runner: 5 s).
+    pub reconnect_pause: Duration,
+    /// Full-jitter exponential backoff: wait uniform(0, min(base·2^k, cap)).
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// TCP + TLS + upgrade (runner: 10 s).
+    pub open_timeout: Duration,
+    /// Sending the last results and the close frame at shutdown.
+    pub flush_timeout: Duration,
+    /// REST 5xx / network retries and the wait between them (runner: 3, 1 s).
+    pub rest_retries: u32,
+    pub rest_retry_delay: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            handshake_ping_timeout: Duration::from_secs(5),
+            reconnect_pause: Duration::from_secs(5),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            open_timeout: Duration::from_secs(10),
+            flush_timeout: Duration::from_secs(2),
+            rest_retries: 3,
+            rest_retry_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("Connect channel: {0}")]
+    Setup(String),
+}
+
+/// The validation event types `CONNECT_PERSIST_INTERACTIVE=true` subscribes to.
+pub const PERSISTED_VALIDATION_TYPES: [EventType; 2] = [
+    EventType::AssetPurchaseRequestValidation,
+    EventType::AssetChangeRequestValidation,
+];
+
+/// Registers the interactive defaults before the registry is frozen.
+///
+/// Validation tasks that no handler claims are always answered with the draft unchanged (see
+/// [`ConnectService::build`]); that needs no subscription. With `connect.persist_interactive`,
+/// the asset purchase/change validation types are subscribed (statuses `[]`) and their drafts are
+/// stored before the echo — unless `events.persist` already registered a handler for them.
+pub fn register_interactive_defaults(
+    registry: &mut Registry,
+    settings: &Settings,
+    storage: Arc<SharedStorage>,
+    metrics: Arc<Metrics>,
+) {
+    if !settings.connect.persist_interactive {
+        return;
+    }
+    let persist: Arc<dyn Handler> = Arc::new(PersistHandler::new(
+        storage,
+        settings.storage.id_strategy,
+        settings.storage.reschedule_countdown,
+        metrics,
+    ));
+    let echo: Arc<dyn Handler> = Arc::new(EchoValidation::new(Some(persist)));
+    for t in PERSISTED_VALIDATION_TYPES {
+        if registry.get(&t).is_none() {
+            registry.register(t, Vec::new(), echo.clone());
+        }
+    }
+}
+
+/// The container id as the runner derives it (`/proc/1/cpuset`, else the overlay `upperdir`
+/// in `/proc/self/mountinfo`), else a random UUID.
+pub fn default_instance_id() -> String {
+    fn hex64(s: &str) -> bool {
+        s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+    if let Ok(cpuset) = std::fs::read_to_string("/proc/1/cpuset") {
+        let last = cpuset.trim().rsplit('/').next().unwrap_or("");
+        let last = last
+            .trim_start_matches("docker-")
+            .trim_end_matches(".scope");
+        if hex64(last) {
+            return last.to_string();
+        }
+    }
+    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in mountinfo.lines() {
+            if let Some(pos) = line.find("upperdir=") {
+                let rest = &line[pos + "upperdir=".len()..];
+                let path = rest.split([',', ' ']).next().unwrap_or("");
+                if let Some(id) = path.split('/').find(|p| hex64(p)) {
+                    return id.to_string();
+                }
+            }
+        }
+    }
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// `(scheme, host[:port])` from an address that may carry a scheme.
+fn split_scheme(addr: &str) -> (Option<&str>, &str) {
+    match addr.split_once("://") {
+        Some((s, rest)) => (Some(s), rest.trim_end_matches('/')),
+        None => (None, addr.trim_end_matches('/')),
+    }
+}
+
+/// The websocket base URL and the REST base URL (`…/public/v1/`) from the settings.
+pub fn endpoints(settings: &Settings, instance_id: &str) -> Result<(String, String), ConnectError> {
+    let c = &settings.connect;
+    let (ws_scheme, ws_host) = split_scheme(c.server_address.trim());
+    let ws_scheme = match ws_scheme {
+        Some("ws") | Some("http") => "ws",
+        Some("wss") | Some("https") => "wss",
+        None if c.insecure => "ws",
+        None => "wss",
+        Some(other) => {
+            return Err(ConnectError::Setup(format!(
+                "SERVER_ADDRESS: scheme `{other}` is not accepted; accepted: wss://, ws://, or none (wss)"
+            )))
+        }
+    };
+    let api = if c.api_address.trim().is_empty() {
+        ws_host.to_string()
+    } else {
+        c.api_address.trim().to_string()
+    };
+    let (api_scheme, api_host) = split_scheme(&api);
+    let api_scheme = match api_scheme {
+        Some("http") | Some("ws") => "http",
+        Some("https") | Some("wss") => "https",
+        None if c.insecure || (c.api_address.trim().is_empty() && ws_scheme == "ws") => "http",
+        None => "https",
+        Some(other) => {
+            return Err(ConnectError::Setup(format!(
+                "API_ADDRESS: scheme `{other}` is not accepted; accepted: https://, http://, or none (https)"
+            )))
+        }
+    };
+    Ok((
+        format!(
+            "{ws_scheme}://{ws_host}/public/v1/devops/ws/{}/{instance_id}",
+            c.environment_id
+        ),
+        format!("{api_scheme}://{api_host}/public/v1/"),
+    ))
+}
+
+/// System trust roots, plus SSL_CERT_FILE / SSL_CERT_DIR when set.
+pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+    static PROVIDER: Once = Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    // With SSL_CERT_FILE/DIR set, rustls-native-certs loads only those; add the system bundle too.
+    let mut certs = rustls_native_certs::load_native_certs().certs;
+    if std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some() {
+        for path in [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/ca-bundle.pem",
+            "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+            "/etc/ssl/cert.pem",
+        ] {
+            let p = std::path::Path::new(path);
+            if p.exists() {
+                certs.extend(rustls_native_certs::load_certs_from_paths(Some(p), None).certs);
+                break;
+            }
+        }
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        tracing::warn!("no trusted root certificates found: wss:// and https:// connections will fail (set SSL_CERT_FILE)");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ConnectError::Setup(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn user_agent(environment_id: &str, instance_id: &str) -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!(
+        "connect-extension-mongodb/{} Rust {}/{release} {environment_id}/{instance_id}",
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(target_os = "linux") {
+            "Linux"
+        } else {
+            std::env::consts::OS
+        },
+    )
+}
+
+/// Both events channels, ready to run.
+pub struct ConnectService {
+    channels: Vec<Arc<Channel>>,
+    instance_id: String,
+}
+
+struct ConnectProbe {
+    statuses: Vec<Arc<ChannelStatus>>,
+}
+
+impl ReadinessProbe for ConnectProbe {
+    fn not_ready_reason(&self) -> Option<String> {
+        let problems: Vec<String> = self
+            .statuses
+            .iter()
+            .filter(|s| !s.is_ready())
+            .map(|s| {
+                format!(
+                    "Connect {} channel: {}",
+                    s.runner_type.as_str(),
+                    s.problem()
+                )
+            })
+            .collect();
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
+}
+
+impl ConnectService {
+    pub fn build(
+        settings: &Settings,
+        registry: Arc<Registry>,
+        storage: Arc<SharedStorage>,
+        metrics: Arc<Metrics>,
+        tuning: Tuning,
+    ) -> Result<ConnectService, ConnectError> {
+        let c = &settings.connect;
+        let instance_id = if c.instance_id.trim().is_empty() {
+            default_instance_id()
+        } else {
+            c.instance_id.trim().to_string()
+        };
+        let (ws_base, rest_base) = endpoints(settings, &instance_id)?;
+        let tls = tls_config()?;
+        let proxy = proxy::Proxy::from_env(|k| std::env::var(k).ok());
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .user_agent(user_agent(&c.environment_id, &instance_id))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| ConnectError::Setup(format!("HTTP client: {e}")))?;
+
+        let scrubber = Arc::new(redact::Scrubber::new());
+        for s in [
+            c.api_key.expose(),
+            settings.storage.data_api.api_key.expose(),
+            settings.storage.data_api.bearer_token.expose(),
+            settings.storage.data_api.password.expose(),
+            settings.storage.driver.password.expose(),
+            settings.storage.driver.uri.expose(),
+        ] {
+            scrubber.add(s);
+        }
+        let live = Arc::new(live::LiveConfig::new(
+            settings.clone(),
+            storage.clone(),
+            scrubber.clone(),
+        ));
+        let fallback: Arc<dyn Handler> = Arc::new(EchoValidation::new(
+            settings.connect.persist_interactive.then(|| {
+                Arc::new(PersistHandler::new(
+                    storage.clone(),
+                    settings.storage.id_strategy,
+                    settings.storage.reschedule_countdown,
+                    metrics.clone(),
+                )) as Arc<dyn Handler>
+            }),
+        ));
+        let setup_request = SetupRequest {
+            event_subscriptions: registry.event_subscriptions(),
+            ui_modules: None,
+            icon: None,
+            variables: live::declared_variables(settings),
+            schedulables: Vec::new(),
+            anvil_callables: None,
+            transformations: None,
+            audience: c.audience_list(),
+            repository: Repository {
+                readme_url: c.readme_url.clone(),
+                changelog_url: c.changelog_url.clone(),
+            },
+            runner_version: c.runner_version.clone(),
+            proxied_connect_api: None,
+            model_type: "setup_request",
+        };
+        let shared = Arc::new(Shared {
+            tasks: tasks::TaskContext {
+                registry,
+                rest: rest::Rest::new(
+                    http,
+                    rest_base.clone(),
+                    tuning.rest_retries,
+                    tuning.rest_retry_delay,
+                    metrics.clone(),
+                ),
+                api_key: c.api_key.clone(),
+                fallback_validation: fallback,
+                background_timeout: Duration::from_secs(c.background_task_max_execution_time),
+                interactive_timeout: Duration::from_secs(c.interactive_task_max_execution_time),
+                environment_id: c.environment_id.clone(),
+            },
+            live,
+            metrics,
+            scrubber,
+            setup_request,
+        });
+        let grace = Duration::from_secs(settings.shutdown.grace);
+        let margin = tuning.flush_timeout.min(grace / 4);
+        let channels = [RunnerType::Background, RunnerType::Interactive]
+            .into_iter()
+            .map(|runner_type| {
+                Channel::new(
+                    ChannelOptions {
+                        runner_type,
+                        ws_base: ws_base.clone(),
+                        api_key: c.api_key.clone(),
+                        max_frame_bytes: c.max_frame_bytes,
+                        max_in_flight: c.max_in_flight,
+                        result_buffer: c.result_buffer,
+                        setup_timeout: Duration::from_secs(c.setup_timeout),
+                        ping_interval: Duration::from_secs(c.ping_interval.max(1)),
+                        platform_drain: Duration::from_secs(
+                            c.background_task_max_execution_time + 90,
+                        ),
+                        local_drain: grace.saturating_sub(margin),
+                        tls: Some(tls.clone()),
+                        proxy: proxy.clone(),
+                        tuning: tuning.clone(),
+                    },
+                    shared.clone(),
+                )
+            })
+            .collect();
+        tracing::info!(
+            websocket = %ws_base,
+            rest = %rest_base,
+            instance_id = %instance_id,
+            proxy = proxy.is_some(),
+            "Connect channel configured"
+        );
+        Ok(ConnectService {
+            channels,
+            instance_id,
+        })
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// `/ready` is green only when both channels are set up.
+    pub fn probe(&self) -> Arc<dyn ReadinessProbe> {
+        Arc::new(ConnectProbe {
+            statuses: self.channels.iter().map(|c| c.status.clone()).collect(),
+        })
+    }
+
+    /// Runs both channels. Returns true when the platform shut both down (the daemon then exits
+    /// 0, like the runner's master once every worker has exited); false after `stop`.
+    pub async fn run(self, stop: CancellationToken) -> bool {
+        let handles: Vec<_> = self
+            .channels
+            .into_iter()
+            .map(|c| tokio::spawn(c.run(stop.clone())))
+            .collect();
+        let mut all_platform = true;
+        for h in handles {
+            all_platform &= h.await.unwrap_or(false);
+        }
+        all_platform
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Settings {
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_with(None, move |k| map.get(k).cloned()).unwrap()
+    }
+
+    #[test]
+    fn endpoint_schemes() {
+        let s = settings(&[("ENVIRONMENT_ID", "ENV-1"), ("API_KEY", "k")]);
+        assert_eq!(
+            endpoints(&s, "I").unwrap(),
+            (
+                "wss://api.cnct.info/public/v1/devops/ws/ENV-1/I".into(),
+                "https://api.cnct.info/public/v1/".into()
+            )
+        );
+        let s = settings(&[
+            ("ENVIRONMENT_ID", "ENV-1"),
+            ("SERVER_ADDRESS", "ws://127.0.0.1:9000"),
+            ("API_ADDRESS", "http://127.0.0.1:9001"),
+        ]);
+        assert_eq!(
+            endpoints(&s, "I").unwrap(),
+            (
+                "ws://127.0.0.1:9000/public/v1/devops/ws/ENV-1/I".into(),
+                "http://127.0.0.1:9001/public/v1/".into()
+            )
+        );
+        let s = settings(&[("SERVER_ADDRESS", "h:1"), ("CONNECT_INSECURE", "true")]);
+        let (ws, api) = endpoints(&s, "I").unwrap();
+        assert!(ws.starts_with("ws://h:1/") && api == "http://h:1/public/v1/");
+        let s = settings(&[("SERVER_ADDRESS", "ftp://h")]);
+        assert!(endpoints(&s, "I")
+            .unwrap_err()
+            .to_string()
+            .contains("SERVER_ADDRESS"));
+    }
+
+    #[test]
+    fn instance_id_is_stable_or_uuid() {
+        let a = default_instance_id();
+        assert!(a.len() == 64 || a.len() == 36, "{a}");
+    }
+}

@@ -1,0 +1,464 @@
+//! Wire types of the EaaS events channel (connect-protocol.md §3–§5), serde only.
+//!
+//! Field order in every struct is the order the Python runner's pydantic models serialize in, and
+//! [`to_wire`] reproduces Python's `json.dumps` layout (`", "` / `": "` separators, ASCII-only
+//! output), so our frames are byte-for-byte the shape the platform already receives.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// The only protocol version the runner speaks.
+pub const VERSION: u64 = 2;
+
+/// `{"version": 2, "message_type": …, "data": …}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Envelope<T: Serialize> {
+    pub version: u64,
+    pub message_type: &'static str,
+    pub data: Option<T>,
+}
+
+impl<T: Serialize> Envelope<T> {
+    pub fn new(message_type: &'static str, data: T) -> Self {
+        Self {
+            version: VERSION,
+            message_type,
+            data: Some(data),
+        }
+    }
+}
+
+/// `{"version": 2, "message_type": "shutdown", "data": null}`.
+pub fn shutdown_frame() -> String {
+    to_wire(&Envelope::<()> {
+        version: VERSION,
+        message_type: "shutdown",
+        data: None,
+    })
+}
+
+/// One declared extension variable (`@variables([...])`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VariableDecl {
+    pub name: String,
+    pub initial_value: String,
+    /// Present only when true, as the decorator lists are usually written.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Repository {
+    pub readme_url: String,
+    pub changelog_url: String,
+}
+
+/// `setup_request` data for an events channel (§4.2): every field present, `model_type` last.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupRequest {
+    pub event_subscriptions: Map<String, Value>,
+    pub ui_modules: Option<Value>,
+    pub icon: Option<String>,
+    pub variables: Vec<VariableDecl>,
+    pub schedulables: Vec<Value>,
+    pub anvil_callables: Option<Value>,
+    pub transformations: Option<Value>,
+    pub audience: Vec<String>,
+    pub repository: Repository,
+    pub runner_version: String,
+    pub proxied_connect_api: Option<Value>,
+    pub model_type: &'static str,
+}
+
+/// A variable as the platform sends it in `setup_response`. Secure values arrive in clear.
+#[derive(Clone, PartialEq, Deserialize)]
+pub struct Variable {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub secure: bool,
+}
+
+impl fmt::Debug for Variable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = if self.secure {
+            "***"
+        } else {
+            self.value.as_deref().unwrap_or("")
+        };
+        write!(
+            f,
+            "Variable({}={shown:?}, secure={})",
+            self.name, self.secure
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct LoggingMeta {
+    #[serde(default)]
+    pub repository_tag: Option<String>,
+    #[serde(default)]
+    pub account_id: Option<String>,
+    #[serde(default)]
+    pub account_name: Option<String>,
+    #[serde(default)]
+    pub service_id: Option<String>,
+    #[serde(default)]
+    pub products: Option<Vec<String>>,
+    #[serde(default)]
+    pub hub_id: Option<String>,
+}
+
+#[derive(Clone, Default, PartialEq, Deserialize)]
+pub struct Logging {
+    #[serde(default)]
+    pub logging_api_key: Option<String>,
+    #[serde(default)]
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub runner_log_level: Option<String>,
+    #[serde(default)]
+    pub meta: Option<LoggingMeta>,
+}
+
+impl fmt::Debug for Logging {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Logging")
+            .field(
+                "logging_api_key",
+                &self.logging_api_key.as_ref().map(|_| "***"),
+            )
+            .field("log_level", &self.log_level)
+            .field("runner_log_level", &self.runner_log_level)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+/// How to fetch the object behind a background task (§4.3, §5.2).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EventDefinition {
+    pub event_type: String,
+    pub api_collection_endpoint: String,
+    pub api_resource_endpoint: String,
+    pub api_collection_filter: String,
+}
+
+/// `setup_response` data (§4.3). Unknown fields are ignored, as pydantic does.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct SetupResponse {
+    #[serde(default)]
+    pub variables: Option<Vec<Variable>>,
+    #[serde(default)]
+    pub environment_type: Option<String>,
+    #[serde(default)]
+    pub logging: Option<Logging>,
+    #[serde(default)]
+    pub event_definitions: Option<Vec<EventDefinition>>,
+    #[serde(default)]
+    pub environment_runtime: Option<String>,
+    #[serde(default)]
+    pub environment_hostname: Option<String>,
+    #[serde(default)]
+    pub environment_domain: Option<String>,
+}
+
+/// An installation API key: echoed back verbatim (as the runner does) but never printed.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct WireSecret(pub String);
+
+impl Serialize for WireSecret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+impl fmt::Debug for WireSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `task.options` (§5.1). Field order as the runner's model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskOptions {
+    pub task_id: String,
+    pub task_category: String,
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<WireSecret>,
+    #[serde(default)]
+    pub installation_id: Option<String>,
+    #[serde(default)]
+    pub connect_correlation_id: Option<String>,
+}
+
+/// `task.input`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInput {
+    pub event_type: String,
+    pub object_id: String,
+    #[serde(default)]
+    pub data: Option<Value>,
+}
+
+/// `task.output` (§5.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutput {
+    pub result: String,
+    pub data: Option<Value>,
+    pub countdown: u64,
+    pub runtime: f64,
+    pub message: Option<String>,
+}
+
+/// A task, in both directions: the platform sends it with `output: null`, the runner echoes it
+/// with `output` filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub options: TaskOptions,
+    pub input: TaskInput,
+    #[serde(default)]
+    pub output: Option<TaskOutput>,
+    pub model_type: ModelType,
+}
+
+/// The `model_type` discriminator; a task must carry `"task"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelType {
+    Task,
+}
+
+/// A frame from the platform, classified.
+#[derive(Debug)]
+pub enum Incoming {
+    SetupResponse(Box<SetupResponse>),
+    Task(Box<Task>),
+    Shutdown,
+}
+
+/// Why a frame was skipped.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FrameError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("not a protocol envelope (expected an object with `message_type`)")]
+    NotEnvelope,
+    #[error("protocol version {0} is not supported (only version 2); legacy v1 frames carry no `version`")]
+    WrongVersion(String),
+    #[error("unknown message_type `{0}`")]
+    UnknownType(String),
+    #[error("invalid `{message_type}` data: {reason}")]
+    InvalidData {
+        message_type: String,
+        reason: String,
+    },
+}
+
+/// Parses one text frame.
+pub fn parse_frame(text: &str) -> Result<Incoming, FrameError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
+    let Value::Object(mut obj) = value else {
+        return Err(FrameError::NotEnvelope);
+    };
+    let Some(Value::String(message_type)) = obj.remove("message_type") else {
+        return Err(FrameError::NotEnvelope);
+    };
+    match obj.get("version") {
+        Some(Value::Number(n)) if n.as_u64() == Some(VERSION) => {}
+        None => return Err(FrameError::WrongVersion("1 (missing)".into())),
+        Some(other) => return Err(FrameError::WrongVersion(other.to_string())),
+    }
+    let data = obj.remove("data").unwrap_or(Value::Null);
+    let invalid = |reason: String| FrameError::InvalidData {
+        message_type: message_type.clone(),
+        reason,
+    };
+    let check_model_type = |data: &Value, expected: &str| -> Result<(), FrameError> {
+        match data.get("model_type").and_then(Value::as_str) {
+            Some(m) if m == expected => Ok(()),
+            Some(m) => Err(invalid(format!(
+                "model_type is `{m}`, expected `{expected}`"
+            ))),
+            None => Err(invalid("`model_type` is missing".into())),
+        }
+    };
+    match message_type.as_str() {
+        "setup_response" => {
+            check_model_type(&data, "setup_response")?;
+            let r: SetupResponse =
+                serde_json::from_value(data).map_err(|e| invalid(e.to_string()))?;
+            Ok(Incoming::SetupResponse(Box::new(r)))
+        }
+        "task" => {
+            check_model_type(&data, "task")?;
+            let t: Task = serde_json::from_value(data).map_err(|e| invalid(e.to_string()))?;
+            Ok(Incoming::Task(Box::new(t)))
+        }
+        "shutdown" => Ok(Incoming::Shutdown),
+        other => Err(FrameError::UnknownType(other.to_string())),
+    }
+}
+
+/// Serializes like Python's `json.dumps(obj)`: `", "` and `": "` separators, non-ASCII escaped.
+pub fn to_wire<T: Serialize + ?Sized>(value: &T) -> String {
+    let mut out = Vec::with_capacity(512);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    value
+        .serialize(&mut ser)
+        .expect("protocol types always serialize");
+    String::from_utf8(out).expect("formatter writes ASCII")
+}
+
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        if fragment.is_ascii() {
+            return w.write_all(fragment.as_bytes());
+        }
+        let mut buf = [0u16; 2];
+        for c in fragment.chars() {
+            if c.is_ascii() {
+                w.write_all(&[c as u8])?;
+            } else {
+                for unit in c.encode_utf16(&mut buf) {
+                    write!(w, "\\u{unit:04x}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TASK: &str = include_str!("../../tests/fixtures/task_background_purchase.json");
+    const RESULT: &str = include_str!("../../tests/fixtures/task_result_success.json");
+    const SETUP: &str = include_str!("../../tests/fixtures/setup_response.json");
+
+    #[test]
+    fn fixtures_parse() {
+        match parse_frame(TASK).unwrap() {
+            Incoming::Task(t) => {
+                assert_eq!(t.options.task_id, "TQ-000042-9a1c");
+                assert_eq!(t.input.object_id, "PR-0000-0000-0042-001");
+                assert!(t.output.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_frame(SETUP).unwrap() {
+            Incoming::SetupResponse(r) => {
+                assert_eq!(r.event_definitions.as_ref().unwrap().len(), 1);
+                let meta = r.logging.unwrap().meta.unwrap();
+                assert_eq!(meta.service_id.as_deref(), Some("SRVC-0000-0000"));
+                assert!(r.variables.unwrap()[1].secure);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn result_round_trips_in_field_order() {
+        let Incoming::Task(t) = parse_frame(RESULT).unwrap() else {
+            panic!()
+        };
+        let wire = to_wire(&Envelope::new("task", &*t));
+        let back: Value = serde_json::from_str(&wire).unwrap();
+        let orig: Value = serde_json::from_str(RESULT).unwrap();
+        assert_eq!(back, orig);
+        assert!(wire.starts_with(
+            "{\"version\": 2, \"message_type\": \"task\", \"data\": {\"options\": {\"task_id\": "
+        ));
+        assert!(wire.ends_with("\"model_type\": \"task\"}}"), "{wire}");
+    }
+
+    #[test]
+    fn python_layout_and_ascii() {
+        assert_eq!(
+            to_wire(&json!({"a": [1, 2], "b": "é€😀"})),
+            r#"{"a": [1, 2], "b": "\u00e9\u20ac\ud83d\ude00"}"#
+        );
+        assert_eq!(
+            shutdown_frame(),
+            r#"{"version": 2, "message_type": "shutdown", "data": null}"#
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_classified() {
+        assert!(matches!(parse_frame("nope"), Err(FrameError::NotJson(_))));
+        assert_eq!(parse_frame("[1]").unwrap_err(), FrameError::NotEnvelope);
+        assert!(matches!(
+            parse_frame(r#"{"message_type":"task","data":{"task_id":"x"}}"#),
+            Err(FrameError::WrongVersion(_))
+        ));
+        assert!(matches!(
+            parse_frame(r#"{"version":2,"message_type":"bogus","data":null}"#),
+            Err(FrameError::UnknownType(t)) if t == "bogus"
+        ));
+        let no_model = TASK.replace("\"model_type\": \"task\"", "\"x\": 1");
+        assert!(matches!(
+            parse_frame(&no_model),
+            Err(FrameError::InvalidData { .. })
+        ));
+        assert!(matches!(
+            parse_frame(r#"{"version":2,"message_type":"shutdown","data":null}"#),
+            Ok(Incoming::Shutdown)
+        ));
+    }
+
+    #[test]
+    fn installation_key_is_echoed_but_not_debug_printed() {
+        let with_key = TASK.replace(
+            "\"api_key\": null",
+            "\"api_key\": \"ApiKey SU-9:inst-secret\"",
+        );
+        let Incoming::Task(t) = parse_frame(&with_key).unwrap() else {
+            panic!()
+        };
+        assert!(!format!("{t:?}").contains("inst-secret"));
+        assert!(to_wire(&*t).contains("ApiKey SU-9:inst-secret"));
+    }
+}

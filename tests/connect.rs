@@ -1,0 +1,775 @@
+//! The Connect EaaS channel against an in-process fake platform (tests/support/fake_platform.rs)
+//! that speaks the protocol as connect-protocol.md records it. The daemon is the real `App`
+//! (or the real binary, for the signal and log tests) with the embedded SQLite backend.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use connect_extension_mongodb::events::{Event, EventType, Handler, Outcome, Status};
+use serde_json::{json, Value};
+use support::*;
+
+const STATUSES: &str = "pending,approved,failed,inquiring,scheduled,revoking,revoked";
+
+fn output(result: &Value) -> &Value {
+    &result["data"]["output"]
+}
+
+#[tokio::test]
+async fn handshake_sends_the_exact_setup_request_on_both_channels() {
+    let h = Harness::start(
+        &[
+            ("DB", "tutorial_db"),
+            ("DB_PASSWORD", "db-pass-SECRET-2"),
+            ("DB_HOST", "cluster0.example"),
+            ("DB_USER", "alice"),
+            ("STORAGE_BACKENDS", "local"),
+        ],
+        None,
+    )
+    .await;
+    let (bg, ia) = h.platform.both_channels().await;
+    for (conn, kind) in [(&bg, "background"), (&ia, "interactive")] {
+        assert_eq!(
+            conn.target,
+            format!("/public/v1/devops/ws/{ENVIRONMENT_ID}/{INSTANCE_ID}?running_tasks=0&running_scheduled_tasks=0&runner_type={kind}")
+        );
+        assert_eq!(
+            conn.headers.get("authorization").map(String::as_str),
+            Some(API_KEY)
+        );
+        let expected = json!({
+            "version": 2,
+            "message_type": "setup_request",
+            "data": {
+                "event_subscriptions": {"asset_purchase_request_processing": STATUSES.split(',').collect::<Vec<_>>()},
+                "ui_modules": null,
+                "icon": null,
+                "variables": [
+                    {"name": "DATA_API_ENDPOINT", "initial_value": ""},
+                    {"name": "API_KEY", "initial_value": "", "secure": true},
+                    {"name": "DB", "initial_value": "tutorial_db"},
+                    {"name": "HTTP_COLLECTION", "initial_value": "purchase_requests"},
+                    {"name": "CLUSTER", "initial_value": "Cluster0"},
+                    {"name": "DB_HOST", "initial_value": "cluster0.example"},
+                    {"name": "DB_USER", "initial_value": "alice"},
+                    {"name": "DB_PASSWORD", "initial_value": "db-pass-SECRET-2", "secure": true},
+                    {"name": "DRIVER_COLLECTION", "initial_value": "purchase_requests"}
+                ],
+                "schedulables": [],
+                "anvil_callables": null,
+                "transformations": null,
+                "audience": ["vendor"],
+                "repository": {
+                    "readme_url": "https://github.com/cloudblue/connect-extension-mongodb/blob/main/README.md",
+                    "changelog_url": "https://github.com/cloudblue/connect-extension-mongodb/blob/main/README.md#changelog"
+                },
+                "runner_version": "43.1",
+                "proxied_connect_api": null,
+                "model_type": "setup_request"
+            }
+        });
+        assert_eq!(conn.setup_request, expected);
+        // Same key order as the runner's model (serde_json keeps insertion order here).
+        let keys: Vec<&String> = conn.setup_request["data"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        let want: Vec<&String> = expected["data"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, want);
+        assert!(conn.setup_request_raw.starts_with(
+            r#"{"version": 2, "message_type": "setup_request", "data": {"event_subscriptions": "#
+        ));
+    }
+    assert_eq!(bg.setup_request, ia.setup_request);
+    // /ready turns green once both channels are set up.
+    let mut ready = (0, String::new());
+    for _ in 0..200 {
+        ready = h.get("/ready").await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    assert!(log_text().contains("Extension configuration has been updated."));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn ready_is_red_until_the_channels_are_set_up() {
+    // A platform that never answers: the port is closed.
+    let platform = FakePlatform::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = env_for(&platform, dir.path());
+    env.insert("SERVER_ADDRESS".into(), "ws://127.0.0.1:1".into());
+    let empty = dir.path().join("e.toml");
+    std::fs::write(&empty, "").unwrap();
+    let settings = connect_extension_mongodb::config::Settings::load_with(Some(&empty), move |k| {
+        env.get(k).cloned()
+    })
+    .unwrap();
+    let app = connect_extension_mongodb::App::build_with(
+        settings,
+        connect_extension_mongodb::AppOptions {
+            registry_hook: None,
+            connect_tuning: fast_tuning(),
+        },
+    )
+    .await
+    .unwrap();
+    let addr = app.http_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(app.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = reqwest::get(format!("http://{addr}/ready")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("Connect background channel") && body.contains("Connect interactive channel"),
+        "{body}"
+    );
+    stop.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn two_hundred_purchase_requests_are_answered_and_stored() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    for i in 0..200 {
+        let id = format!("PR-0000-0000-{i:04}-001");
+        h.platform.add_object(purchase_object(&id, "pending"));
+    }
+    for i in 0..200 {
+        bg.send(&background_task(
+            &format!("TQ-{i:04}"),
+            &format!("PR-0000-0000-{i:04}-001"),
+        ));
+    }
+    let results = bg.results(200).await;
+    for (id, r) in &results {
+        assert_eq!(r["version"], 2);
+        assert_eq!(output(r)["result"], "success", "{id}: {r}");
+        assert_eq!(output(r)["countdown"], 0);
+        assert!(output(r)["runtime"].as_f64().unwrap() >= 0.0);
+        assert_eq!(r["data"]["model_type"], "task");
+        // options and input echoed.
+        assert_eq!(r["data"]["options"]["correlation_id"], format!("corr-{id}"));
+        assert_eq!(
+            r["data"]["options"]["reply_to"],
+            "eaas.results.ENV-0000-0000-01"
+        );
+        assert_eq!(r["data"]["input"]["data"], Value::Null);
+    }
+    let stored = h.stored().await;
+    assert_eq!(stored.len(), 200);
+    let doc = stored
+        .iter()
+        .find(|d| d["id"] == "PR-0000-0000-0007-001")
+        .unwrap();
+    assert_eq!(doc["_connect"]["task_id"], "TQ-0007");
+    assert_eq!(doc["asset"]["items"][0]["quantity"], "5");
+    // REST: raw filter, platform key, the runner's User-Agent shape.
+    let log = h.platform.rest_log();
+    let count = log
+        .iter()
+        .find(|r| r.target.contains("PR-0000-0000-0007-001") && r.target.contains("limit=0"))
+        .unwrap();
+    assert_eq!(
+        count.target,
+        format!("/public/v1/requests?and(eq(id,PR-0000-0000-0007-001),eq(type,purchase),in(status,({STATUSES})))&limit=0&offset=0")
+    );
+    assert_eq!(count.authorization, API_KEY);
+    assert!(
+        count.user_agent.starts_with("connect-extension-mongodb/"),
+        "{}",
+        count.user_agent
+    );
+    assert!(
+        count
+            .user_agent
+            .ends_with(&format!(" {ENVIRONMENT_ID}/{INSTANCE_ID}")),
+        "{}",
+        count.user_agent
+    );
+    assert!(log
+        .iter()
+        .any(|r| r.target == "/public/v1/requests/PR-0000-0000-0007-001"));
+    let (_, metrics) = h.get("/metrics").await;
+    assert!(metrics.contains(r#"connect_ext_results_sent_total{event_type="asset_purchase_request_processing",category="background",result="success"} 200"#), "{metrics}");
+    assert!(metrics.contains(r#"connect_ext_tasks_received_total{event_type="asset_purchase_request_processing",category="background"} 200"#));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn count_gate_zero_answers_skip_with_the_runner_message() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    h.platform
+        .add_object(purchase_object("PR-1-DRAFT", "draft"));
+    bg.send(&background_task("TQ-skip-1", "PR-1-DRAFT"));
+    bg.send(&background_task("TQ-skip-2", "PR-NOT-THERE"));
+    let results = bg.results(2).await;
+    for r in results.values() {
+        assert_eq!(output(r)["result"], "skip");
+        assert_eq!(
+            output(r)["message"],
+            format!("The request status does not match the supported statuses: {STATUSES}.")
+        );
+    }
+    assert_eq!(
+        h.platform.object_gets(),
+        0,
+        "the object is not fetched after a 0 count"
+    );
+    assert!(h.stored().await.is_empty());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn installation_api_key_is_used_for_the_fetch_and_echoed() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    h.platform.add_object(purchase_object("PR-INST", "pending"));
+    let mut t = background_task("TQ-inst", "PR-INST");
+    t["data"]["options"]["api_key"] = json!("ApiKey SU-INST:installation-SECRET-3");
+    bg.send(&t);
+    let r = bg.recv_json().await;
+    assert_eq!(output(&r)["result"], "success");
+    assert_eq!(
+        r["data"]["options"]["api_key"],
+        "ApiKey SU-INST:installation-SECRET-3"
+    );
+    let log = h.platform.rest_log();
+    assert!(log
+        .iter()
+        .filter(|r| r.target.contains("PR-INST"))
+        .all(|r| r.authorization == "ApiKey SU-INST:installation-SECRET-3"));
+    h.shutdown().await;
+    assert!(!log_text().contains("installation-SECRET-3"));
+}
+
+#[tokio::test]
+async fn rest_404_and_500_answer_retry() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    h.platform.add_object(purchase_object("PR-404", "pending"));
+    h.platform.add_object(purchase_object("PR-500", "pending"));
+    h.platform
+        .state
+        .get_status
+        .lock()
+        .unwrap()
+        .insert("PR-404".into(), 404);
+    h.platform
+        .state
+        .get_status
+        .lock()
+        .unwrap()
+        .insert("PR-500".into(), 500);
+    bg.send(&background_task("TQ-404", "PR-404"));
+    bg.send(&background_task("TQ-500", "PR-500"));
+    let results = bg.results(2).await;
+    let r404 = output(&results["TQ-404"]);
+    assert_eq!(r404["result"], "retry");
+    let m = r404["message"].as_str().unwrap();
+    assert!(m.contains("PR-404") && m.contains("404"), "{m}");
+    assert!(!m.contains("Traceback"));
+    let r500 = output(&results["TQ-500"]);
+    assert_eq!(r500["result"], "retry");
+    assert!(r500["message"].as_str().unwrap().contains("500"));
+    let log = h.platform.rest_log();
+    let gets = |id: &str| {
+        log.iter()
+            .filter(|r| r.target == format!("/public/v1/requests/{id}"))
+            .count()
+    };
+    assert_eq!(gets("PR-404"), 1, "4xx is not retried");
+    assert_eq!(
+        gets("PR-500"),
+        4,
+        "5xx is retried 3 times, as the runner does"
+    );
+    assert!(h.stored().await.is_empty());
+    h.shutdown().await;
+}
+
+struct Slow;
+#[async_trait]
+impl Handler for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    async fn handle(&self, _e: &Event) -> Outcome {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Outcome::done()
+    }
+}
+
+#[tokio::test]
+async fn handler_timeout_answers_retry() {
+    let hook: connect_extension_mongodb::RegistryHook = Box::new(|r, _, _| {
+        r.register(
+            EventType::AssetPurchaseRequestProcessing,
+            vec![Status::Pending],
+            Arc::new(Slow),
+        );
+    });
+    let h = Harness::start(&[("BACKGROUND_TASK_MAX_EXECUTION_TIME", "1")], Some(hook)).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    h.platform.add_object(purchase_object("PR-SLOW", "pending"));
+    bg.send(&background_task("TQ-slow", "PR-SLOW"));
+    let r = bg.recv_json().await;
+    assert_eq!(output(&r)["result"], "retry");
+    assert!(output(&r)["message"]
+        .as_str()
+        .unwrap()
+        .contains("BACKGROUND_TASK_MAX_EXECUTION_TIME (1 s)"));
+    h.shutdown().await;
+}
+
+/// Answers `reschedule` with the countdown written in the object's `note`, unclamped.
+struct Rescheduler;
+#[async_trait]
+impl Handler for Rescheduler {
+    fn name(&self) -> &str {
+        "rescheduler"
+    }
+    async fn handle(&self, e: &Event) -> Outcome {
+        let countdown = e.object["note"].as_str().unwrap().parse().unwrap();
+        Outcome::Reschedule {
+            countdown,
+            message: "later".into(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn reschedule_countdown_is_clamped_to_30() {
+    let hook: connect_extension_mongodb::RegistryHook = Box::new(|r, _, _| {
+        r.register(
+            EventType::AssetPurchaseRequestProcessing,
+            vec![Status::Pending],
+            Arc::new(Rescheduler),
+        );
+    });
+    let h = Harness::start(&[], Some(hook)).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    for (id, note) in [("PR-R5", "5"), ("PR-R0", "0"), ("PR-R600", "600")] {
+        let mut o = purchase_object(id, "pending");
+        o["note"] = json!(note);
+        h.platform.add_object(o);
+        bg.send(&background_task(&format!("TQ-{id}"), id));
+    }
+    let results = bg.results(3).await;
+    for (task, want) in [("TQ-PR-R5", 30), ("TQ-PR-R0", 30), ("TQ-PR-R600", 600)] {
+        let o = output(&results[task]);
+        assert_eq!(o["result"], "reschedule");
+        assert_eq!(o["countdown"], want, "{task}");
+        assert_eq!(o["message"], "later");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn config_update_rebuilds_the_storage_and_later_events_land_in_the_new_one() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, ia) = h.platform.both_channels().await;
+    for i in 0..10 {
+        h.platform
+            .add_object(purchase_object(&format!("PR-CFG-{i}"), "pending"));
+    }
+    for i in 0..5 {
+        bg.send(&background_task(
+            &format!("TQ-CFG-{i}"),
+            &format!("PR-CFG-{i}"),
+        ));
+    }
+    bg.results(5).await;
+    let before = h.storage.current();
+    // "Apply Changes": a new setup_response on both channels, with the storage moved.
+    let new_dir = h.dir.path().join("moved");
+    let mut data = setup_response_data();
+    data["variables"] = json!([
+        {"name": "LOCAL_DATA_DIR", "value": new_dir.display().to_string(), "secure": false},
+        {"name": "API_KEY", "value": "data-api-key-SECRET-4", "secure": true}
+    ]);
+    bg.send(&setup_response_frame(&data));
+    ia.send(&setup_response_frame(&data));
+    let mut swapped = false;
+    for _ in 0..500 {
+        if !Arc::ptr_eq(&before, &h.storage.current()) {
+            swapped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(swapped, "storage was not rebuilt");
+    drop(before);
+    for i in 5..10 {
+        bg.send(&background_task(
+            &format!("TQ-CFG-{i}"),
+            &format!("PR-CFG-{i}"),
+        ));
+    }
+    let results = bg.results(5).await;
+    assert!(results.values().all(|r| output(r)["result"] == "success"));
+    // The new store has the later five only; the old one the first five.
+    let new_ids: Vec<String> = h
+        .stored()
+        .await
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(new_ids.len(), 5, "{new_ids:?}");
+    assert!(new_ids.iter().all(
+        |id| ["PR-CFG-5", "PR-CFG-6", "PR-CFG-7", "PR-CFG-8", "PR-CFG-9"].contains(&id.as_str())
+    ));
+    let old =
+        connect_extension_mongodb::storage::local::LocalStorage::open(&h.dir.path().join("data"))
+            .unwrap();
+    use connect_extension_mongodb::storage::Storage;
+    let old_docs = old.list(&Default::default()).await.unwrap();
+    assert_eq!(old_docs.len(), 5);
+    let logs = log_text();
+    assert!(
+        logs.matches("Extension configuration has been updated.")
+            .count()
+            >= 4
+    );
+    assert!(!logs.contains("data-api-key-SECRET-4"));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropped_socket_reconnects_and_every_task_is_answered_once() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    for i in 0..100 {
+        h.platform
+            .add_object(purchase_object(&format!("PR-DROP-{i:03}"), "pending"));
+    }
+    // First half answered on the first connection.
+    for i in 0..50 {
+        bg.send(&background_task(
+            &format!("TQ-DROP-{i:03}"),
+            &format!("PR-DROP-{i:03}"),
+        ));
+    }
+    let mut answered = bg.results(50).await;
+    // Second half: every object fetch is held, so all 50 are in flight when the socket drops.
+    for i in 50..100 {
+        h.platform.hold(&format!("PR-DROP-{i:03}"));
+    }
+    for i in 50..100 {
+        bg.send(&background_task(
+            &format!("TQ-DROP-{i:03}"),
+            &format!("PR-DROP-{i:03}"),
+        ));
+    }
+    h.platform.wait_object_gets(100).await;
+    bg.drop_socket();
+    // The runner reconnects with a full handshake and reports its running tasks.
+    let mut bg2 = h.platform.next_conn().await;
+    assert_eq!(bg2.runner_type(), "background");
+    assert_eq!(bg2.query_param("running_tasks").as_deref(), Some("50"));
+    assert_eq!(bg2.setup_request["message_type"], "setup_request");
+    h.platform.release();
+    let later = bg2.results(50).await;
+    for (id, r) in later {
+        assert_eq!(output(&r)["result"], "success");
+        assert!(
+            answered.insert(id.clone(), r).is_none(),
+            "{id} answered twice"
+        );
+    }
+    assert_eq!(answered.len(), 100);
+    // Nothing more arrives (no duplicate answers).
+    assert!(bg2.recv_within(Duration::from_millis(300)).await.is_none());
+    // A platform redelivery of an answered task does not make a second document.
+    bg2.send(&background_task("TQ-DROP-REDELIVERED", "PR-DROP-007"));
+    let r = bg2.recv_json().await;
+    assert_eq!(output(&r)["result"], "success");
+    assert_eq!(h.stored().await.len(), 100);
+    let (_, metrics) = h.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"connect_ext_reconnects_total{channel="background"} 1"#),
+        "{metrics}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_pong_reconnects() {
+    let h = Harness::start(&[("CONNECT_PING_INTERVAL", "1")], None).await;
+    let (bg, _ia) = h.platform.both_channels().await;
+    bg.freeze();
+    let bg2 = h.platform.next_conn().await;
+    assert_eq!(bg2.runner_type(), "background");
+    assert!(log_text().contains("no pong within 1 s"));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_v1_and_unknown_frames_are_skipped_without_stalling() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    h.platform
+        .add_object(purchase_object("PR-AFTER-JUNK", "pending"));
+    bg.send_text("this is not json {\"api_key\": \"junk-SECRET-5\"");
+    bg.send(&json!({"message_type": "task", "data": {"task_id": "TQ-v1", "task_category": "background", "object_id": "PR-X"}}));
+    bg.send(&json!({"version": 2, "message_type": "bogus_type_zz", "data": null}));
+    bg.send(&json!({"version": 3, "message_type": "task", "data": null}));
+    let mut no_model = background_task("TQ-no-model", "PR-X");
+    no_model["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("model_type");
+    bg.send(&no_model);
+    let started = std::time::Instant::now();
+    bg.send(&background_task("TQ-after-junk", "PR-AFTER-JUNK"));
+    let r = bg.recv_json().await;
+    assert_eq!(r["data"]["options"]["task_id"], "TQ-after-junk");
+    assert_eq!(output(&r)["result"], "success");
+    // The runner would sleep 5 s per bad frame (25 s here); we answer right away.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stalled: {:?}",
+        started.elapsed()
+    );
+    let logs = log_text();
+    assert!(logs.contains("unknown message_type `bogus_type_zz`"));
+    assert!(logs.contains("protocol version 1 (missing) is not supported"));
+    assert!(logs.contains("`model_type` is missing"));
+    assert!(logs.contains("not JSON"));
+    assert!(!logs.contains("junk-SECRET-5"));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn platform_shutdown_drains_in_flight_tasks_then_closes_1000() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, mut ia) = h.platform.both_channels().await;
+    h.platform.add_object(purchase_object("PR-SD", "pending"));
+    h.platform.hold("PR-SD");
+    bg.send(&background_task("TQ-SD", "PR-SD"));
+    h.platform.wait_object_gets(1).await;
+    let shutdown = json!({"version": 2, "message_type": "shutdown", "data": null});
+    bg.send(&shutdown);
+    ia.send(&shutdown);
+    assert!(matches!(ia.recv().await, Frame::Close(Some(1000))));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.platform.release();
+    let r = bg.recv_json().await;
+    assert_eq!(r["data"]["options"]["task_id"], "TQ-SD");
+    assert_eq!(output(&r)["result"], "success");
+    assert!(matches!(bg.recv().await, Frame::Close(Some(1000))));
+    // The daemon stops by itself (exit 0 for the binary) once both channels were shut down.
+    let res = tokio::time::timeout(Duration::from_secs(10), h.run)
+        .await
+        .expect("daemon did not stop");
+    res.unwrap().unwrap();
+    assert_eq!(
+        h.storage
+            .current()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn interactive_validation_round_trip_and_explicit_failures() {
+    let h = Harness::start(&[("CONNECT_PERSIST_INTERACTIVE", "true")], None).await;
+    let (_bg, mut ia) = h.platform.both_channels().await;
+    let subs = &ia.setup_request["data"]["event_subscriptions"];
+    assert_eq!(subs["asset_purchase_request_validation"], json!([]));
+    assert_eq!(subs["asset_change_request_validation"], json!([]));
+    let mut draft = purchase_object("PR-DRAFT-1", "draft");
+    draft["asset"]["params"][0]["value_error"] = json!("");
+    ia.send(&interactive_task(
+        "TQ-V1",
+        "asset_purchase_request_validation",
+        "PR-DRAFT-1",
+        draft.clone(),
+    ));
+    ia.send(&interactive_task(
+        "TQ-V-EMPTY",
+        "asset_purchase_request_validation",
+        "PR-DRAFT-2",
+        json!({}),
+    ));
+    ia.send(&interactive_task(
+        "TQ-PA",
+        "product_action_execution",
+        "PRA-1",
+        json!({"jwt_payload": {"action_id": "sso"}, "method": "GET"}),
+    ));
+    ia.send(&interactive_task(
+        "TQ-TCV",
+        "tier_config_setup_request_validation",
+        "TCR-1",
+        json!({"id": "TCR-1", "status": "draft"}),
+    ));
+    let results = ia.results(4).await;
+    let v = output(&results["TQ-V1"]);
+    assert_eq!(v["result"], "success");
+    assert_eq!(
+        v["data"],
+        json!({"http_status": 200, "headers": null, "body": draft})
+    );
+    let empty = output(&results["TQ-V-EMPTY"]);
+    assert_eq!(empty["result"], "fail");
+    assert!(empty["message"]
+        .as_str()
+        .unwrap()
+        .contains("input.data is empty"));
+    let pa = output(&results["TQ-PA"]);
+    assert_eq!(pa["result"], "fail");
+    assert_eq!(pa["data"]["http_status"], 400);
+    assert!(pa["message"]
+        .as_str()
+        .unwrap()
+        .contains("no handler is registered for `product_action_execution`"));
+    // Unsubscribed validation type: the default answer (draft unchanged), no subscription needed.
+    let tcv = output(&results["TQ-TCV"]);
+    assert_eq!(tcv["result"], "success");
+    assert_eq!(tcv["data"]["body"]["id"], "TCR-1");
+    // persist_interactive: the validated draft is stored.
+    let stored = h.stored().await;
+    assert!(
+        stored.iter().any(|d| d["id"] == "PR-DRAFT-1"
+            && d["_connect"]["event_type"] == "asset_purchase_request_validation"),
+        "{stored:?}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_task_category_and_scheduled_tasks_fail_explicitly() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    let mut t = background_task("TQ-TFN", "TFR-1");
+    t["data"]["options"]["task_category"] = json!("transformation");
+    bg.send(&t);
+    let mut s = background_task("TQ-SCHED", "EFS-1");
+    s["data"]["options"]["task_category"] = json!("scheduled");
+    s["data"]["input"]["event_type"] = json!("scheduled_execution");
+    bg.send(&s);
+    let results = bg.results(2).await;
+    assert_eq!(output(&results["TQ-TFN"])["result"], "fail");
+    assert!(output(&results["TQ-TFN"])["message"]
+        .as_str()
+        .unwrap()
+        .contains("transformation"));
+    assert_eq!(output(&results["TQ-SCHED"])["result"], "fail");
+    assert!(output(&results["TQ-SCHED"])["message"]
+        .as_str()
+        .unwrap()
+        .contains("EFS-1"));
+    h.shutdown().await;
+}
+
+/// SIGTERM on the real binary: `shutdown` is sent on both channels first, the in-flight task that
+/// finishes within the grace period is answered normally, the one that does not is answered
+/// `retry`, the sockets close with 1000 and the process exits 0. Its stderr never shows a secret.
+#[tokio::test]
+async fn sigterm_sends_shutdown_drains_and_answers_retry_at_the_deadline() {
+    let platform = FakePlatform::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = setup_response_data();
+    data["variables"] =
+        json!([{"name": "DB_PASSWORD", "value": "portal-pass-SECRET-6", "secure": true}]);
+    *platform.state.setup_response.lock().unwrap() = data;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_connect-extension-mongodb"));
+    cmd.env_clear()
+        .envs(env_for(&platform, &dir.path().join("data")))
+        .env("SHUTDOWN_GRACE", "3")
+        .env("DATA_API_KEY", "data-key-SECRET-7")
+        .env("RUST_LOG", "debug")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().unwrap();
+    let (mut bg, mut ia) = platform.both_channels().await;
+    platform.add_object(purchase_object("PR-FAST", "pending"));
+    platform.add_object(purchase_object("PR-STUCK", "pending"));
+    platform
+        .state
+        .get_delay
+        .lock()
+        .unwrap()
+        .insert("PR-FAST".into(), Duration::from_millis(800));
+    platform.hold("PR-STUCK");
+    bg.send(&background_task("TQ-FAST", "PR-FAST"));
+    let mut stuck = background_task("TQ-STUCK", "PR-STUCK");
+    stuck["data"]["options"]["api_key"] = json!("ApiKey SU-I:inst-SECRET-8");
+    bg.send(&stuck);
+    bg.send_text(r#"{"version": 2, "message_type": "setup_response", "data": {"variables": [{"name": "X", "value": "junk-SECRET-9"}]}"#);
+    platform.wait_object_gets(2).await;
+    let pid = child.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for conn in [&mut bg, &mut ia] {
+        let first = conn.recv_json().await;
+        assert_eq!(
+            first,
+            json!({"version": 2, "message_type": "shutdown", "data": null})
+        );
+    }
+    let results = bg.results(2).await;
+    assert_eq!(output(&results["TQ-FAST"])["result"], "success");
+    let stuck = output(&results["TQ-STUCK"]);
+    assert_eq!(stuck["result"], "retry");
+    assert!(stuck["message"].as_str().unwrap().contains("shutting down"));
+    assert!(matches!(bg.recv().await, Frame::Close(Some(1000))));
+    assert!(matches!(ia.recv().await, Frame::Close(Some(1000))));
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("daemon did not exit")
+        .unwrap();
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Extension configuration has been updated."),
+        "{stderr}"
+    );
+    assert!(stderr.contains("frame skipped"), "{stderr}");
+    for secret in [
+        "platform-key-SECRET-1",
+        "portal-pass-SECRET-6",
+        "data-key-SECRET-7",
+        "inst-SECRET-8",
+        "junk-SECRET-9",
+    ] {
+        assert!(
+            !stderr.contains(secret),
+            "{secret} leaked into the logs:\n{stderr}"
+        );
+    }
+    platform.release();
+}
+
+#[tokio::test]
+async fn in_process_logs_never_show_the_platform_key() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    h.platform.add_object(purchase_object("PR-LOG", "pending"));
+    bg.send(&background_task("TQ-LOG", "PR-LOG"));
+    bg.recv_json().await;
+    h.shutdown().await;
+    let logs = log_text();
+    assert!(logs.contains("Connect channel set up"));
+    assert!(!logs.contains("platform-key-SECRET-1"));
+}

@@ -1,0 +1,159 @@
+//! Test support: the fake Connect platform and a harness running the real daemon against it.
+#![allow(dead_code)]
+
+pub mod fake_platform;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use connect_extension_mongodb::config::Settings;
+use connect_extension_mongodb::connect::Tuning;
+use connect_extension_mongodb::storage::{ListQuery, SharedStorage};
+use connect_extension_mongodb::{App, AppError, AppOptions, RegistryHook};
+use tokio_util::sync::CancellationToken;
+
+pub use fake_platform::*;
+
+pub const API_KEY: &str = "ApiKey SU-000-000-001:platform-key-SECRET-1";
+pub const ENVIRONMENT_ID: &str = "ENV-TEST-01";
+pub const INSTANCE_ID: &str = "INST-TEST-1";
+
+/// Every log line of the test process (tracing → this buffer).
+pub fn logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+struct Capture;
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        logs().lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("connect_extension_mongodb=debug,info")
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .try_init();
+    });
+}
+
+pub fn log_text() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).to_string()
+}
+
+/// Fast internal timings for tests.
+pub fn fast_tuning() -> Tuning {
+    Tuning {
+        reconnect_pause: Duration::from_millis(50),
+        backoff_base: Duration::from_millis(50),
+        backoff_cap: Duration::from_millis(500),
+        rest_retry_delay: Duration::from_millis(20),
+        ..Tuning::default()
+    }
+}
+
+/// The daemon's environment for a fake platform.
+pub fn env_for(platform: &FakePlatform, data_dir: &std::path::Path) -> HashMap<String, String> {
+    [
+        ("API_KEY", API_KEY.to_string()),
+        ("ENVIRONMENT_ID", ENVIRONMENT_ID.to_string()),
+        ("INSTANCE_ID", INSTANCE_ID.to_string()),
+        ("SERVER_ADDRESS", platform.server_address()),
+        ("API_ADDRESS", platform.api_address()),
+        ("LOCAL_DATA_DIR", data_dir.display().to_string()),
+        ("HTTP_LISTEN", "127.0.0.1:0".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+pub struct Harness {
+    pub platform: Arc<FakePlatform>,
+    pub dir: tempfile::TempDir,
+    pub storage: Arc<SharedStorage>,
+    pub http: SocketAddr,
+    pub stop: CancellationToken,
+    pub run: tokio::task::JoinHandle<Result<(), AppError>>,
+}
+
+impl Harness {
+    pub async fn start(extra: &[(&str, &str)], hook: Option<RegistryHook>) -> Harness {
+        capture_logs();
+        let platform = FakePlatform::start().await;
+        Self::start_with(platform, extra, hook).await
+    }
+
+    pub async fn start_with(
+        platform: Arc<FakePlatform>,
+        extra: &[(&str, &str)],
+        hook: Option<RegistryHook>,
+    ) -> Harness {
+        capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = env_for(&platform, &dir.path().join("data"));
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        let settings = Settings::load_with(Some(&empty), move |k| env.get(k).cloned()).unwrap();
+        let app = App::build_with(
+            settings,
+            AppOptions {
+                registry_hook: hook,
+                connect_tuning: fast_tuning(),
+            },
+        )
+        .await
+        .unwrap();
+        let storage = app.storage();
+        let http = app.http_addr();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(app.run(stop.clone()));
+        Harness {
+            platform,
+            dir,
+            storage,
+            http,
+            stop,
+            run,
+        }
+    }
+
+    /// Stored documents (all, up to 1000).
+    pub async fn stored(&self) -> Vec<serde_json::Value> {
+        self.storage
+            .current()
+            .list(&ListQuery {
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}{path}", self.http))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.run).await;
+    }
+}

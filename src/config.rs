@@ -70,6 +70,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         "DRIVER_OPERATION_TIMEOUT_MS",
         "storage.driver.operation_timeout_ms",
     ),
+    var(
+        "DRIVER_OPERATION_TIMEOUT_MS",
+        "storage.driver.operation_timeout_ms",
+    ),
     var("DATA_API_ENDPOINT", "storage.data_api.endpoint"),
     secret("DATA_API_KEY", "storage.data_api.api_key"),
     secret("DATA_API_BEARER_TOKEN", "storage.data_api.bearer_token"),

@@ -31,7 +31,7 @@
 //! refuse them). Such names are stored percent-encoded: `%` → `%25`, `.` → `%2E`, NUL → `%00`, and a
 //! leading `$` → `%24` (so `$ref` is stored as `%24ref`, `a.b` as `a%2Eb`, `50%` as `50%25`). Every
 //! name containing `%` is encoded too, so decoding (percent-decoding every stored name that contains
-//! `%`) is exact, and read-back returns the original names. Names without any of these characters —
+//! `%`) is exact, and read-back returns the original names. The empty name is stored as `%`. Names without any of these characters —
 //! all of Connect's — are stored as they are. Queries on such fields in the database must use the
 //! encoded name.
 //!
@@ -59,6 +59,7 @@
 //! `_connect.received_date` descending — the read-back queries of `GET /events`.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -204,16 +205,20 @@ fn scrub_error(e: StorageError, secrets: &[String]) -> StorageError {
 
 /// `DRIVER_WRITE_CONCERN`: `majority` or a number of nodes ≥ 1.
 pub fn parse_write_concern(s: &str) -> Result<WriteConcern, StorageError> {
-    let err = |why: &str| StorageError::Config {
+    let err = |why: &str| {
+        StorageError::Config {
         backend: BACKEND,
         message: format!(
             "DRIVER_WRITE_CONCERN (config key `storage.driver.write_concern`): `{s}` {why}; accepted: majority, or a number of nodes ≥ 1"
         ),
+    }
     };
     match s.trim() {
         "majority" => Ok(WriteConcern::majority()),
         n => match n.parse::<u32>() {
-            Ok(0) => Err(err("(unacknowledged) cannot confirm that an event was stored")),
+            Ok(0) => Err(err(
+                "(unacknowledged) cannot confirm that an event was stored",
+            )),
             Ok(n) => Ok(WriteConcern::nodes(n)),
             Err(_) => Err(err("is not accepted")),
         },
@@ -257,12 +262,23 @@ async fn shared_client(
         return Ok(handle);
     }
     let mut options = ClientOptions::parse(&target.uri).await.map_err(|e| {
-        let (bad_uri, what) = match e.kind.as_ref() {
-            ErrorKind::DnsResolve { .. } => (false, "cannot resolve the host of"),
-            _ => (true, "is not a valid MongoDB connection string:"),
-        };
+        let bad_uri = !matches!(e.kind.as_ref(), ErrorKind::DnsResolve { .. });
         let message = scrub(
-            format!("{} {} {} {}", target.setting, target.shown(), what, describe(&e)),
+            if bad_uri {
+                format!(
+                    "{}: {} is not a valid MongoDB connection string: {}",
+                    target.setting,
+                    target.shown(),
+                    describe(&e)
+                )
+            } else {
+                format!(
+                    "{}: cannot resolve the cluster of {}: {}",
+                    target.setting,
+                    target.shown(),
+                    describe(&e)
+                )
+            },
             &target.secrets,
         );
         if bad_uri {
@@ -401,6 +417,10 @@ fn write_concern_error(code: i32, message: String) -> StorageError {
 
 /// The stored form of a field name (see the module doc).
 pub fn encode_key(k: &str) -> Cow<'_, str> {
+    if k.is_empty() {
+        // Some servers refuse empty names; a lone `%` never results from encoding anything else.
+        return Cow::Borrowed("%");
+    }
     if !(k.starts_with('$') || k.contains(['.', '%', '\0'])) {
         return Cow::Borrowed(k);
     }
@@ -419,6 +439,9 @@ pub fn encode_key(k: &str) -> Cow<'_, str> {
 
 /// The original form of a stored field name.
 pub fn decode_key(k: &str) -> Cow<'_, str> {
+    if k == "%" {
+        return Cow::Borrowed("");
+    }
     if !k.contains('%') {
         return Cow::Borrowed(k);
     }
@@ -546,6 +569,8 @@ struct Writer {
     coll: Collection<RawDocumentBuf>,
     secrets: Arc<[String]>,
     op_timeout: Duration,
+    batches: AtomicU64,
+    documents: AtomicU64,
 }
 
 async fn batcher(
@@ -595,6 +620,9 @@ async fn batcher(
 impl Writer {
     async fn write_jobs(&self, jobs: Vec<Job>) {
         let docs: Vec<&RawDocumentBuf> = jobs.iter().flat_map(|j| j.docs.iter()).collect();
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.documents
+            .fetch_add(docs.len() as u64, Ordering::Relaxed);
         let results = self.insert(&docs).await;
         drop(docs);
         let mut results = results.into_iter();
@@ -708,8 +736,9 @@ impl DriverStorage {
         if ds.collection.is_empty() {
             return Err(StorageError::Config {
                 backend: BACKEND,
-                message: "DRIVER_COLLECTION (config key `storage.driver.collection`) must not be empty"
-                    .into(),
+                message:
+                    "DRIVER_COLLECTION (config key `storage.driver.collection`) must not be empty"
+                        .into(),
             });
         }
         let handle = shared_client(&target, ds).await?;
@@ -775,6 +804,8 @@ impl DriverStorage {
             coll,
             secrets,
             op_timeout: Duration::from_millis(ds.operation_timeout_ms.max(1)),
+            batches: AtomicU64::new(0),
+            documents: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_BATCHES));
@@ -805,6 +836,19 @@ impl DriverStorage {
     /// The process-wide client this backend uses.
     pub fn client(&self) -> &Client {
         &self.handle.client
+    }
+
+    /// Whether `other` uses the same pooled client (same connection settings, same runtime).
+    pub fn shares_client_with(&self, other: &DriverStorage) -> bool {
+        Arc::ptr_eq(&self.handle, &other.handle)
+    }
+
+    /// Group-commit counters: (`insert_many` batches sent, documents in them).
+    pub fn batch_stats(&self) -> (u64, u64) {
+        (
+            self.writer.batches.load(Ordering::Relaxed),
+            self.writer.documents.load(Ordering::Relaxed),
+        )
     }
 
     /// The database name (`DB`).
@@ -919,7 +963,8 @@ impl Storage for DriverStorage {
     }
 
     async fn save_many(&self, docs: &[EventDocument]) -> Results {
-        let prepared: Vec<Result<RawDocumentBuf, StorageError>> = docs.iter().map(to_stored).collect();
+        let prepared: Vec<Result<RawDocumentBuf, StorageError>> =
+            docs.iter().map(to_stored).collect();
         let good: Vec<RawDocumentBuf> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())
@@ -993,10 +1038,7 @@ impl Storage for DriverStorage {
             let _ = batcher.await;
         }
         // Wait for the batches still in flight.
-        let _ = self
-            .in_flight
-            .acquire_many(IN_FLIGHT_BATCHES as u32)
-            .await;
+        let _ = self.in_flight.acquire_many(IN_FLIGHT_BATCHES as u32).await;
     }
 }
 
@@ -1010,7 +1052,10 @@ mod tests {
     #[test]
     fn credentials_are_encoded_like_python_quote() {
         // urllib.parse.quote("p@ss:w/rd?#%", safe='') == 'p%40ss%3Aw%2Frd%3F%23%25'
-        assert_eq!(encode_credential("p@ss:w/rd?#%"), "p%40ss%3Aw%2Frd%3F%23%25");
+        assert_eq!(
+            encode_credential("p@ss:w/rd?#%"),
+            "p%40ss%3Aw%2Frd%3F%23%25"
+        );
         // unreserved characters are kept; space, plus and non-ASCII are encoded (UTF-8)
         assert_eq!(encode_credential("a-b.c_d~e"), "a-b.c_d~e");
         assert_eq!(encode_credential("a b+ü"), "a%20b%2B%C3%BC");
@@ -1054,6 +1099,8 @@ mod tests {
             ("$a.$b%2E", "%24a%2E$b%252E"),
             ("nul\0x", "nul%00x"),
             ("ünï.cødé", "ünï%2Ecødé"),
+            ("", "%"),
+            ("%", "%25"),
         ] {
             assert_eq!(encode_key(orig), stored);
             assert_eq!(decode_key(stored), orig);
@@ -1103,15 +1150,144 @@ mod tests {
         assert!(e.to_string().contains("16 MiB"), "{e}");
     }
 
+    fn settings_with(vars: &[(&str, &str)]) -> Settings {
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        Settings::load_with(Some(&empty), move |k| map.get(k).cloned()).unwrap()
+    }
+
+    async fn connect_error(vars: &[(&str, &str)]) -> StorageError {
+        match DriverStorage::connect(&settings_with(vars)).await {
+            Ok(_) => panic!("connect must fail for {vars:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_uri_is_a_config_error_naming_the_setting_without_the_password() {
+        for uri in [
+            "mongodb://app:s3cr3t-pw@127.0.0.1:notaport/",
+            "http://app:s3cr3t-pw@127.0.0.1:27017/",
+            "mongodb://app:s3cr3t-pw@127.0.0.1:27017/?retryWrites=maybe",
+        ] {
+            let e = connect_error(&[("MONGODB_URI", uri)]).await;
+            let text = e.to_string();
+            assert!(matches!(e, StorageError::Config { .. }), "{uri}: {text}");
+            assert!(text.contains("MONGODB_URI"), "{text}");
+            assert!(
+                text.contains("not a valid MongoDB connection string"),
+                "{text}"
+            );
+            assert!(
+                text.contains("mongodb://app:***@") || text.contains("http://app:***@"),
+                "{text}"
+            );
+            assert!(!text.contains("s3cr3t"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_cluster_is_unavailable_naming_the_setting_without_the_password() {
+        // A port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let uri = format!("mongodb://app:s3cr3t%40pw@127.0.0.1:{port}/?directConnection=true");
+        let e = connect_error(&[
+            ("MONGODB_URI", &uri),
+            ("DRIVER_SERVER_SELECTION_TIMEOUT_MS", "200"),
+        ])
+        .await;
+        let text = e.to_string();
+        assert!(matches!(e, StorageError::Unavailable { .. }), "{text}");
+        assert!(text.contains("cannot reach MongoDB"), "{text}");
+        assert!(text.contains("MONGODB_URI"), "{text}");
+        assert!(
+            text.contains("DRIVER_SERVER_SELECTION_TIMEOUT_MS"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cr3t"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_write_concern_of_zero_is_refused() {
+        let e = connect_error(&[
+            ("MONGODB_URI", "mongodb://127.0.0.1:1/"),
+            ("DRIVER_WRITE_CONCERN", "0"),
+        ])
+        .await;
+        assert!(matches!(e, StorageError::Config { .. }), "{e}");
+        assert!(e.to_string().contains("DRIVER_WRITE_CONCERN"), "{e}");
+    }
+
+    #[test]
+    fn the_tutorial_variables_build_the_srv_uri() {
+        let s = settings_with(&[
+            ("DB_HOST", "cluster0.example.mongodb.net"),
+            ("DB_USER", "alice"),
+            ("DB_PASSWORD", "p@ss:w/rd?#%"),
+        ]);
+        let t = Target::from_settings(&s.storage.driver).unwrap();
+        assert_eq!(
+            t.uri,
+            "mongodb+srv://alice:p%40ss%3Aw%2Frd%3F%23%25@cluster0.example.mongodb.net/"
+        );
+        assert!(t.setting.contains("DB_HOST"));
+        assert_eq!(
+            t.shown(),
+            "mongodb+srv://alice:***@cluster0.example.mongodb.net/"
+        );
+        // MONGODB_URI wins when both are set.
+        let s = settings_with(&[
+            ("DB_HOST", "cluster0.example.mongodb.net"),
+            ("DB_USER", "alice"),
+            ("DB_PASSWORD", "pw"),
+            ("MONGODB_URI", "mongodb://h:1/"),
+        ]);
+        assert_eq!(
+            Target::from_settings(&s.storage.driver).unwrap().uri,
+            "mongodb://h:1/"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_db_host_names_the_tutorial_variables_without_the_password() {
+        let e = connect_error(&[
+            ("DB_HOST", "no-such-cluster.invalid"),
+            ("DB_USER", "alice"),
+            ("DB_PASSWORD", "p@ss:w/rd?#%"),
+            ("DRIVER_SERVER_SELECTION_TIMEOUT_MS", "200"),
+        ])
+        .await;
+        let text = e.to_string();
+        assert!(text.contains("DB_HOST"), "{text}");
+        assert!(!text.contains("p@ss") && !text.contains("p%40ss"), "{text}");
+    }
+
     #[test]
     fn codes_are_classified() {
         let m = String::new;
-        for code in [6, 7, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436, 112, 13, 99999] {
+        for code in [
+            6, 7, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436, 112, 13, 99999,
+        ] {
             let e = classify_code(code, m());
-            assert!(matches!(e, StorageError::Unavailable { .. }), "{code}: {e:?}");
+            assert!(
+                matches!(e, StorageError::Unavailable { .. }),
+                "{code}: {e:?}"
+            );
         }
         for code in [50, 64, 89, 262] {
-            assert!(matches!(classify_code(code, m()), StorageError::Timeout { .. }));
+            assert!(matches!(
+                classify_code(code, m()),
+                StorageError::Timeout { .. }
+            ));
         }
         for code in [2, 52, 57, 121, 10334] {
             let e = classify_code(code, m());

@@ -81,7 +81,7 @@ const BACKEND: &str = "driver";
 /// MongoDB's largest document.
 pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 /// Most `insert_many` batches in flight at once.
-pub const IN_FLIGHT_BATCHES: usize = 4;
+pub const IN_FLIGHT_BATCHES: usize = 2;
 /// The BSON `Date` copy of the receive time, inside `_connect` (removed on read-back).
 pub const RECEIVED_DATE: &str = "received_date";
 const QUEUE_CAPACITY: usize = 8192;

@@ -120,7 +120,8 @@ async fn raw_insert_many(uri: &str, docs: &[EventDocument], batch: usize) -> (f6
 async fn driver_saves(uri: &str, docs: &[EventDocument], concurrency: usize) -> (f64, String) {
     let db = unique_db("driver");
     let store = Arc::new(DriverStorage::connect(&settings(uri, &db)).await.unwrap());
-    let queue = Arc::new(std::sync::Mutex::new(docs.to_vec().into_iter()));
+    let owned: Vec<EventDocument> = docs.to_vec();
+    let queue = Arc::new(std::sync::Mutex::new(owned.into_iter()));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {

@@ -359,15 +359,17 @@ async fn server_stopped_mid_stream_events_are_rescheduled_and_none_lost() {
         .collect();
     let done = Arc::new(AtomicUsize::new(0));
     let rescheduled = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(16));
 
     // "Connect": delivers every event; redelivers it after a `reschedule` until it is `success`.
     let mut tasks = Vec::new();
     for event in events.clone() {
-        let (handler, done, rescheduled, in_flight) = (
+        let (handler, done, rescheduled, failed, in_flight) = (
             handler.clone(),
             done.clone(),
             rescheduled.clone(),
+            failed.clone(),
             in_flight.clone(),
         );
         tasks.push(tokio::spawn(async move {
@@ -384,25 +386,37 @@ async fn server_stopped_mid_stream_events_are_rescheduled_and_none_lost() {
                         rescheduled.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    other => panic!(
-                        "event {}: {other:?} (must be success or reschedule)",
-                        event.object_id
-                    ),
+                    other => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        panic!(
+                            "event {}: {other:?} (must be success or reschedule)",
+                            event.object_id
+                        )
+                    }
                 }
             }
         }));
     }
 
+    let failing = || failed.load(Ordering::SeqCst) > 0;
     wait_until("the first 40 events", Duration::from_secs(120), || {
-        done.load(Ordering::SeqCst) >= 40
+        failing() || done.load(Ordering::SeqCst) >= 40
     })
     .await;
+    assert!(
+        !failing(),
+        "an event was answered neither success nor reschedule"
+    );
     server.stop().await;
     let done_while_down = done.load(Ordering::SeqCst);
     wait_until("reschedules while down", Duration::from_secs(120), || {
-        rescheduled.load(Ordering::SeqCst) >= 20
+        failing() || rescheduled.load(Ordering::SeqCst) >= 20
     })
     .await;
+    assert!(
+        !failing(),
+        "an event was answered neither success nor reschedule while the server was down"
+    );
     // Still down: nothing new got through.
     assert_eq!(done.load(Ordering::SeqCst), done_while_down);
     assert!(done_while_down < N, "the stream ended before the outage");
@@ -518,4 +532,73 @@ async fn password_with_reserved_characters_authenticates() {
         !text.contains("wr@ng") && !text.contains("wr%40ng"),
         "{text}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon end to end: HTTP in, driver storage, read-back
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_stores_each_accepted_purchase_request_once_and_reads_it_back() {
+    let Some(uri) = mongo_uri() else { return };
+    let name = support::unique_db("daemon");
+    let s = support::settings(&[
+        ("STORAGE_BACKENDS", "driver"),
+        ("DB", &name),
+        ("MONGODB_URI", &uri),
+        ("HTTP_LISTEN", "127.0.0.1:0"),
+    ]);
+    let app = connect_extension_mongodb::App::build(s).await.unwrap();
+    let base = format!("http://{}", app.http_addr());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run(shutdown.clone()));
+    let http = reqwest::Client::new();
+
+    let object: Value =
+        serde_json::from_str(include_str!("fixtures/purchase_request.json")).unwrap();
+    let first = http
+        .post(format!("{base}/events"))
+        .json(&object)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201, "{:?}", first.text().await);
+    let again = http
+        .post(format!("{base}/events"))
+        .json(&object)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200, "a redelivery is a duplicate");
+
+    let listed: Value = http
+        .get(format!(
+            "{base}/events?object_id={}",
+            object["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["count"], json!(1), "{listed}");
+    let stored = &listed["documents"][0];
+    assert_eq!(EventDocument::object_of(stored), object);
+    let id = stored["_id"].as_str().unwrap();
+    let one: Value = http
+        .get(format!("{base}/events/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&one, stored);
+
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let check = Db::open_with(&uri, "unused", |s| s.storage.database = name.clone()).await;
+    assert_eq!(check.count(doc! {}).await, 1);
+    check.drop_db().await;
 }

@@ -238,4 +238,7 @@ async fn main() {
     if !one.is_empty() {
         println!("raw insert_one (no batching): {:.0} events/s", mean(&one));
     }
+    if !bench_mode {
+        println!("(smoke run under cargo test: checks that every event was stored once; the figures are not a measurement — use `cargo bench --bench driver_throughput`)");
+    }
 }

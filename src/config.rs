@@ -66,6 +66,10 @@ pub const ENV_VARS: &[EnvVar] = &[
     ),
     var("DRIVER_BATCH_MAX", "storage.driver.batch_max"),
     var("DRIVER_BATCH_WAIT_MS", "storage.driver.batch_wait_ms"),
+    var(
+        "DRIVER_OPERATION_TIMEOUT_MS",
+        "storage.driver.operation_timeout_ms",
+    ),
     var("DATA_API_ENDPOINT", "storage.data_api.endpoint"),
     secret("DATA_API_KEY", "storage.data_api.api_key"),
     secret("DATA_API_BEARER_TOKEN", "storage.data_api.bearer_token"),
@@ -257,6 +261,7 @@ pub struct DriverSettings {
     pub server_selection_timeout_ms: u64,
     pub batch_max: usize,
     pub batch_wait_ms: u64,
+    pub operation_timeout_ms: u64,
 }
 
 impl DriverSettings {

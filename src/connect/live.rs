@@ -87,6 +87,7 @@ pub fn set_storage_key(settings: &mut Settings, key: &str, value: &str) -> Resul
         }
         "storage.driver.batch_max" => s.driver.batch_max = parse_num(value)?,
         "storage.driver.batch_wait_ms" => s.driver.batch_wait_ms = parse_num(value)?,
+        "storage.driver.operation_timeout_ms" => s.driver.operation_timeout_ms = parse_num(value)?,
         "storage.data_api.endpoint" => s.data_api.endpoint = v,
         "storage.data_api.api_key" => s.data_api.api_key = Secret::new(v),
         "storage.data_api.bearer_token" => s.data_api.bearer_token = Secret::new(v),

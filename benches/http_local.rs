@@ -43,7 +43,9 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 fn main() {
-    let n = env_or("BENCH_N", 20_000);
+    // Under `cargo test --all-targets` (no `--bench` argument) this is a quick smoke run.
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let n = env_or("BENCH_N", if bench_mode { 20_000 } else { 200 });
     let c = env_or("BENCH_C", 64);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {

@@ -33,14 +33,7 @@ fn settings(uri: &str, db: &str) -> Settings {
         ("DB", db.to_string()),
         ("MONGODB_URI", uri.to_string()),
     ];
-    let dir = std::env::temp_dir().join(format!("cem-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let empty = dir.join("empty.toml");
-    std::fs::write(&empty, "").unwrap();
-    Settings::load_with(Some(&empty), move |k| {
-        vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
-    })
-    .expect("settings")
+    Settings::from_vars(vars).expect("settings")
 }
 
 /// `n` purchase-request documents (the tutorial's fixture, ~3 KB each) with distinct ids.

@@ -51,13 +51,10 @@ fn main() {
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().to_path_buf();
-        let empty = dir.path().join("empty.toml");
-        std::fs::write(&empty, "").unwrap();
-        let settings = Settings::load_with(Some(&empty), |k| match k {
-            "HTTP_LISTEN" => Some("127.0.0.1:0".into()),
-            "LOCAL_DATA_DIR" => Some(data.display().to_string()),
-            _ => None,
-        })
+        let settings = Settings::from_vars([
+            ("HTTP_LISTEN", "127.0.0.1:0".to_string()),
+            ("LOCAL_DATA_DIR", data.display().to_string()),
+        ])
         .unwrap();
         let app = App::build(settings).await.unwrap();
         let url = format!("http://{}/events", app.http_addr());

@@ -504,10 +504,32 @@ impl Settings {
         file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
+        Self::build(Some(file), env)
+    }
+
+    /// The embedded defaults overridden by `vars` (environment-variable names and values) only —
+    /// no configuration file, no process environment. For tests, benchmarks and tools.
+    pub fn from_vars<K: AsRef<str>, V: AsRef<str>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Settings, ConfigError> {
+        let map: BTreeMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+            .collect();
+        Self::build(None, |name| map.get(name).cloned())
+    }
+
+    /// `file`: `None` = no file layer; `Some(None)` = `config/local.toml` when present;
+    /// `Some(Some(path))` = that file, which must exist.
+    fn build(
+        file: Option<Option<&Path>>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         use config::{Config, File, FileFormat};
         let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         match file {
-            Some(path) => {
+            None => {}
+            Some(Some(path)) => {
                 if !path.exists() {
                     return Err(ConfigError(format!(
                         "--config {}: no such file",
@@ -516,7 +538,7 @@ impl Settings {
                 }
                 builder = builder.add_source(File::from(path).format(FileFormat::Toml));
             }
-            None => {
+            Some(None) => {
                 builder = builder.add_source(
                     File::with_name("config/local.toml")
                         .format(FileFormat::Toml)
@@ -693,17 +715,9 @@ fn accepted_values(key: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty.toml");
-        std::fs::write(&empty, "").unwrap();
-        Settings::load_with(Some(&empty), move |k| map.get(k).cloned())
+        Settings::from_vars(vars.iter().copied())
     }
 
     #[test]

@@ -432,12 +432,9 @@ fn default_toml_comments_and_env_vars_agree() {
     assert_eq!(seen.len(), ENV_VARS.len());
 }
 
-/// Loads with an empty config file (so a developer's config/local.toml cannot interfere).
+/// Loads without a config file (so a developer's config/local.toml cannot interfere).
 fn load(vars: &BTreeMap<&str, String>) -> Result<Settings, String> {
-    let dir = tempfile::tempdir().unwrap();
-    let empty = dir.path().join("empty.toml");
-    std::fs::write(&empty, "").unwrap();
-    Settings::load_with(Some(&empty), |k| vars.get(k).cloned()).map_err(|e| e.to_string())
+    Settings::from_vars(vars.iter()).map_err(|e| e.to_string())
 }
 
 /// Values to try for a setting whose default is a string: the first that the loader accepts and

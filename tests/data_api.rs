@@ -96,7 +96,7 @@ impl Env {
         for (k, v) in extra {
             vars.insert(k.to_string(), v.to_string());
         }
-        Settings::load_with(None, |k| vars.get(k).cloned()).expect("settings")
+        Settings::from_vars(vars).expect("settings")
     }
 
     async fn store(&self, extra: &[(&str, &str)]) -> DataApiStorage {

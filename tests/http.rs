@@ -37,9 +37,7 @@ fn settings(data_dir: &Path, extra: &[(&str, &str)]) -> Result<Settings, String>
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }
-    let empty = data_dir.join("no-config.toml");
-    std::fs::write(&empty, "").unwrap();
-    Settings::load_with(Some(&empty), move |k| env.get(k).cloned()).map_err(|e| e.to_string())
+    Settings::from_vars(env).map_err(|e| e.to_string())
 }
 
 impl TestApp {

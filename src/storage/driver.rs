@@ -1151,14 +1151,7 @@ mod tests {
     }
 
     fn settings_with(vars: &[(&str, &str)]) -> Settings {
-        let map: std::collections::HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty.toml");
-        std::fs::write(&empty, "").unwrap();
-        Settings::load_with(Some(&empty), move |k| map.get(k).cloned()).unwrap()
+        Settings::from_vars(vars.iter().copied()).unwrap()
     }
 
     async fn connect_error(vars: &[(&str, &str)]) -> StorageError {

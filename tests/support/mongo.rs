@@ -48,14 +48,7 @@ pub fn unique_db(prefix: &str) -> String {
 
 /// Default settings (no config file, no process environment) plus `vars`.
 pub fn settings(vars: &[(&str, &str)]) -> Settings {
-    let map: std::collections::HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let empty = dir.path().join("empty.toml");
-    std::fs::write(&empty, "").unwrap();
-    Settings::load_with(Some(&empty), move |k| map.get(k).cloned()).expect("settings")
+    Settings::from_vars(vars.iter().copied()).expect("settings")
 }
 
 /// Settings for the driver backend on `uri`, database `db`.

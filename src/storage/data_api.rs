@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use bson::{Bson, Document};
+use bson::Bson;
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
@@ -291,32 +291,9 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
-/// A plain JSON value as BSON, without reading `$`-keys as Extended JSON: integers that fit are
-/// Int32, larger ones Int64, the rest Double (relaxed EJSON's rules).
+/// A plain JSON value as BSON (field names kept), for the EJSON mode.
 pub fn json_to_bson(v: &Value) -> Bson {
-    match v {
-        Value::Null => Bson::Null,
-        Value::Bool(b) => Bson::Boolean(*b),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                match i32::try_from(i) {
-                    Ok(small) => Bson::Int32(small),
-                    Err(_) => Bson::Int64(i),
-                }
-            } else {
-                Bson::Double(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        Value::String(s) => Bson::String(s.clone()),
-        Value::Array(a) => Bson::Array(a.iter().map(json_to_bson).collect()),
-        Value::Object(o) => Bson::Document(json_object_to_document(o)),
-    }
-}
-
-fn json_object_to_document(o: &Map<String, Value>) -> Document {
-    o.iter()
-        .map(|(k, v)| (k.clone(), json_to_bson(v)))
-        .collect()
+    super::bson_json::json_to_bson(v, super::bson_json::keep_key)
 }
 
 /// An answer value (canonical or relaxed Extended JSON, or plain JSON) as relaxed JSON: numbers
@@ -504,7 +481,7 @@ impl DataApiStorage {
             m.insert(k.to_string(), v);
         }
         if self.ejson {
-            let doc = json_object_to_document(&m);
+            let doc = super::bson_json::json_to_document(&m, super::bson_json::keep_key);
             serde_json::to_vec(&Bson::Document(doc).into_canonical_extjson())
         } else {
             serde_json::to_vec(&Value::Object(m))

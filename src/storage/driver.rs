@@ -451,38 +451,13 @@ pub fn decode_key(k: &str) -> Cow<'_, str> {
     }
 }
 
+#[cfg(test)]
 fn json_to_bson(v: &Value) -> Bson {
-    match v {
-        Value::Null => Bson::Null,
-        Value::Bool(b) => Bson::Boolean(*b),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                match i32::try_from(i) {
-                    Ok(i) => Bson::Int32(i),
-                    Err(_) => Bson::Int64(i),
-                }
-            } else if let Some(u) = n.as_u64() {
-                // Above i64::MAX: Decimal128 keeps every digit.
-                match u.to_string().parse::<bson::Decimal128>() {
-                    Ok(d) => Bson::Decimal128(d),
-                    Err(_) => Bson::Double(u as f64),
-                }
-            } else {
-                Bson::Double(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        Value::String(s) => Bson::String(s.clone()),
-        Value::Array(a) => Bson::Array(a.iter().map(json_to_bson).collect()),
-        Value::Object(o) => Bson::Document(json_to_document(o)),
-    }
+    super::bson_json::json_to_bson(v, encode_key)
 }
 
 fn json_to_document(o: &Map<String, Value>) -> Document {
-    let mut d = Document::new();
-    for (k, v) in o {
-        d.insert(encode_key(k).into_owned(), json_to_bson(v));
-    }
-    d
+    super::bson_json::json_to_document(o, encode_key)
 }
 
 fn bson_to_json(b: Bson) -> Value {

@@ -17,6 +17,7 @@
 //! **Errors.** [`StorageError::is_retriable`] is the one place that decides whether an event is
 //! answered `reschedule` (transient: try again later, nothing lost) or `fail` (permanent).
 
+pub mod bson_json;
 pub mod conformance;
 pub mod data_api;
 pub mod driver;

@@ -212,15 +212,18 @@ pub enum BackendKind {
     Local,
     Driver,
     DataApi,
+    /// `none`: answers every save as stored and keeps nothing — benchmarking only, never `auto`.
+    Discard,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [Self::Local, Self::Driver, Self::DataApi];
+    pub const ALL: [BackendKind; 4] = [Self::Local, Self::Driver, Self::DataApi, Self::Discard];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Local => "local",
             Self::Driver => "driver",
             Self::DataApi => "data_api",
+            Self::Discard => "none",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -446,7 +449,7 @@ impl StorageSettings {
             let kind = BackendKind::parse(&name).ok_or_else(|| {
                 setting_error(
                     "storage.backends",
-                    format!("unknown backend `{name}`; accepted: auto, or a comma-separated list of local, driver, data_api"),
+                    format!("unknown backend `{name}`; accepted: auto, or a comma-separated list of local, driver, data_api (or none, for benchmarks)"),
                 )
             })?;
             if !list.contains(&kind) {
@@ -466,7 +469,7 @@ impl StorageSettings {
             setting_error(
                 "storage.primary",
                 format!(
-                    "unknown backend `{}`; accepted: local, driver, data_api",
+                    "unknown backend `{}`; accepted: local, driver, data_api, none",
                     self.primary
                 ),
             )

@@ -93,6 +93,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     ),
     var("CONNECT_SETUP_TIMEOUT", "connect.setup_timeout"),
     var("CONNECT_MAX_IN_FLIGHT", "connect.max_in_flight"),
+    var("CONNECT_REST_CONCURRENCY", "connect.rest_concurrency"),
     var("CONNECT_MAX_FRAME_BYTES", "connect.max_frame_bytes"),
     var("CONNECT_PING_INTERVAL", "connect.ping_interval"),
     var("CONNECT_RESULT_BUFFER", "connect.result_buffer"),
@@ -306,6 +307,7 @@ pub struct ConnectSettings {
     pub interactive_task_max_execution_time: u64,
     pub setup_timeout: u64,
     pub max_in_flight: usize,
+    pub rest_concurrency: usize,
     pub max_frame_bytes: usize,
     pub ping_interval: u64,
     pub result_buffer: usize,
@@ -613,6 +615,12 @@ impl Settings {
         }
         if self.connect.max_in_flight == 0 {
             return Err(setting_error("connect.max_in_flight", "must be at least 1"));
+        }
+        if self.connect.rest_concurrency == 0 {
+            return Err(setting_error(
+                "connect.rest_concurrency",
+                "must be at least 1",
+            ));
         }
         if self.connect.max_frame_bytes < 2 * 1024 * 1024 {
             return Err(setting_error(

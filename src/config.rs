@@ -97,6 +97,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     ),
     var("CONNECT_SETUP_TIMEOUT", "connect.setup_timeout"),
     var("CONNECT_MAX_IN_FLIGHT", "connect.max_in_flight"),
+    var("CONNECT_REST_CONCURRENCY", "connect.rest_concurrency"),
     var("CONNECT_MAX_FRAME_BYTES", "connect.max_frame_bytes"),
     var("CONNECT_PING_INTERVAL", "connect.ping_interval"),
     var("CONNECT_RESULT_BUFFER", "connect.result_buffer"),
@@ -216,15 +217,18 @@ pub enum BackendKind {
     Local,
     Driver,
     DataApi,
+    /// `none`: answers every save as stored and keeps nothing — benchmarking only, never `auto`.
+    Discard,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [Self::Local, Self::Driver, Self::DataApi];
+    pub const ALL: [BackendKind; 4] = [Self::Local, Self::Driver, Self::DataApi, Self::Discard];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Local => "local",
             Self::Driver => "driver",
             Self::DataApi => "data_api",
+            Self::Discard => "none",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -308,6 +312,7 @@ pub struct ConnectSettings {
     pub interactive_task_max_execution_time: u64,
     pub setup_timeout: u64,
     pub max_in_flight: usize,
+    pub rest_concurrency: usize,
     pub max_frame_bytes: usize,
     pub ping_interval: u64,
     pub result_buffer: usize,
@@ -451,7 +456,7 @@ impl StorageSettings {
             let kind = BackendKind::parse(&name).ok_or_else(|| {
                 setting_error(
                     "storage.backends",
-                    format!("unknown backend `{name}`; accepted: auto, or a comma-separated list of local, driver, data_api"),
+                    format!("unknown backend `{name}`; accepted: auto, or a comma-separated list of local, driver, data_api (or none, for benchmarks)"),
                 )
             })?;
             if !list.contains(&kind) {
@@ -471,7 +476,7 @@ impl StorageSettings {
             setting_error(
                 "storage.primary",
                 format!(
-                    "unknown backend `{}`; accepted: local, driver, data_api",
+                    "unknown backend `{}`; accepted: local, driver, data_api, none",
                     self.primary
                 ),
             )
@@ -637,6 +642,12 @@ impl Settings {
         }
         if self.connect.max_in_flight == 0 {
             return Err(setting_error("connect.max_in_flight", "must be at least 1"));
+        }
+        if self.connect.rest_concurrency == 0 {
+            return Err(setting_error(
+                "connect.rest_concurrency",
+                "must be at least 1",
+            ));
         }
         if self.connect.max_frame_bytes < 2 * 1024 * 1024 {
             return Err(setting_error(

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = runtime().expect("tokio runtime");
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             telemetry::init(settings.telemetry.log_format);
@@ -116,6 +116,19 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// The tokio runtime: at most two worker threads unless TOKIO_WORKER_THREADS says otherwise.
+/// The daemon waits on sockets, not the CPU (BENCHMARKS.md: a few hundred µs of CPU per task), so
+/// one worker per core on a large host would only add threads, malloc arenas and memory.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        builder.worker_threads(cores.clamp(1, 2));
+    }
+    builder.build()
 }
 
 async fn send(base: String, token: String, files: Vec<PathBuf>) -> ExitCode {

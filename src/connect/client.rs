@@ -89,7 +89,8 @@ enum End {
 
 /// A result waiting to be sent.
 struct OutFrame {
-    text: String,
+    /// Shared bytes: re-queueing after a failed send copies nothing.
+    text: tungstenite::Utf8Bytes,
     labels: Option<ResultLabels>,
     _space: Option<OwnedSemaphorePermit>,
 }
@@ -194,6 +195,8 @@ pub struct Channel {
     /// This channel's event definitions: from its first `setup_response` only (§4.4).
     definitions: RwLock<Option<Arc<Definitions>>>,
     labels: ChannelLabels,
+    /// This channel's `tasks_in_flight` gauge, looked up once.
+    in_flight_gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Channel {
@@ -206,7 +209,13 @@ impl Channel {
             .results_pending
             .get_or_create(&labels)
             .clone();
+        let in_flight_gauge = shared
+            .metrics
+            .tasks_in_flight
+            .get_or_create(&labels)
+            .clone();
         Arc::new(Channel {
+            in_flight_gauge,
             status: Arc::new(ChannelStatus {
                 runner_type: opts.runner_type,
                 ready: AtomicBool::new(false),
@@ -577,11 +586,7 @@ impl Channel {
             if let Some(a) = &f.abort {
                 a.abort();
             }
-            self.shared
-                .metrics
-                .tasks_in_flight
-                .get_or_create(&self.labels)
-                .dec();
+            self.in_flight_gauge.dec();
             let out = tasks::retry(format!(
                 "the extension is shutting down and task {} did not finish within {:.0} s; please redeliver",
                 f.task.options.task_id,
@@ -608,7 +613,7 @@ impl Channel {
         let mut t = task.clone();
         t.output = Some(output);
         OutFrame {
-            text: protocol::to_wire(&Envelope::new("task", &t)),
+            text: protocol::to_wire(&Envelope::new("task", &t)).into(),
             labels: Some(labels),
             _space: None,
         }
@@ -661,8 +666,8 @@ impl Channel {
                         Some(Ok(m)) => {
                             awaiting_pong = false;
                             match m {
-                                Message::Text(t) => t.to_string(),
-                                Message::Binary(b) => match String::from_utf8(b.to_vec()) {
+                                Message::Text(t) => t,
+                                Message::Binary(b) => match tungstenite::Utf8Bytes::try_from(b.clone()) {
                                     Ok(s) => s,
                                     Err(_) => {
                                         tracing::warn!(channel = self.name(), bytes = b.len(), "binary frame that is not UTF-8 skipped");
@@ -720,7 +725,7 @@ impl Channel {
                 category: tasks::category_label(&task),
             })
             .inc();
-        metrics.tasks_in_flight.get_or_create(&self.labels).inc();
+        self.in_flight_gauge.inc();
         tracing::debug!(channel = self.name(), task_id = %task.options.task_id, event_type = %task.input.event_type, object_id = %task.input.object_id, "task received");
         self.inflight.lock().expect("inflight lock").insert(
             id,
@@ -748,11 +753,7 @@ impl Channel {
                 e
             };
             if entry.is_some() {
-                me.shared
-                    .metrics
-                    .tasks_in_flight
-                    .get_or_create(&me.labels)
-                    .dec();
+                me.in_flight_gauge.dec();
                 if out.result != "success" && out.result != "skip" {
                     tracing::info!(channel = me.name(), task_id = %task.options.task_id, result = %out.result, message = out.message.as_deref().unwrap_or(""), "task answered");
                 }
@@ -796,7 +797,7 @@ async fn writer_loop(
             }
             frame = outbox.pop() => {
                 let sent = tokio::select! {
-                    r = sink.send(Message::Text(frame.text.clone().into())) => r.is_ok(),
+                    r = sink.send(Message::Text(frame.text.clone())) => r.is_ok(),
                     _ = dead.cancelled() => false,
                 };
                 if sent {

@@ -293,6 +293,7 @@ impl ConnectService {
             .user_agent(user_agent(&c.environment_id, &instance_id))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(c.rest_concurrency)
             .build()
             .map_err(|e| ConnectError::Setup(format!("HTTP client: {e}")))?;
 
@@ -348,6 +349,7 @@ impl ConnectService {
                     tuning.rest_retries,
                     tuning.rest_retry_delay,
                     metrics.clone(),
+                    c.rest_concurrency,
                 ),
                 api_key: c.api_key.clone(),
                 fallback_validation: fallback,

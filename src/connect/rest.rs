@@ -3,6 +3,11 @@
 //! Like the runner: `Authorization` is the installation key when the task carries one, else
 //! API_KEY; 5xx answers and network errors are retried 3 times, 1 s apart — but the wait is an
 //! async sleep in this task only, never blocking other tasks. 4xx answers fail at once.
+//!
+//! At most `concurrency` calls (CONNECT_REST_CONCURRENCY) are on the wire at once, body read
+//! included; other tasks queue for a slot. Over plain HTTP/1.1 every concurrent call is its own
+//! TCP connection, so without the bound a burst of 512 tasks opened 512 connections and held 512
+//! response bodies at once — more CPU and memory for no more throughput (BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +38,7 @@ pub struct Rest {
     retries: u32,
     retry_delay: Duration,
     metrics: Arc<Metrics>,
+    slots: tokio::sync::Semaphore,
 }
 
 /// The error chain of `e`, one cause after another (reqwest hides the interesting part in sources).
@@ -57,6 +63,7 @@ impl Rest {
         retries: u32,
         retry_delay: Duration,
         metrics: Arc<Metrics>,
+        concurrency: usize,
     ) -> Self {
         Self {
             client,
@@ -64,6 +71,7 @@ impl Rest {
             retries,
             retry_delay,
             metrics,
+            slots: tokio::sync::Semaphore::new(concurrency.max(1)),
         }
     }
 
@@ -71,11 +79,18 @@ impl Rest {
         &self.base
     }
 
-    /// GET with the runner's retry policy; returns the successful response.
-    async fn get(&self, step: &str, path: &str, key: &str) -> Result<reqwest::Response, RestError> {
+    /// GET with the runner's retry policy; returns the successful response and the concurrency
+    /// slot, to be held until its body is read. No slot is held while waiting to retry.
+    async fn get(
+        &self,
+        step: &str,
+        path: &str,
+        key: &str,
+    ) -> Result<(reqwest::Response, tokio::sync::SemaphorePermit<'_>), RestError> {
         let url = format!("{}{}", self.base, path);
         let mut attempt = 0;
         loop {
+            let slot = self.slots.acquire().await.expect("never closed");
             let started = Instant::now();
             let result = self
                 .client
@@ -86,7 +101,7 @@ impl Rest {
             let (outcome, retriable, err) = match result {
                 Ok(resp) if resp.status().is_success() => {
                     self.observe(step, "ok", started);
-                    return Ok(resp);
+                    return Ok((resp, slot));
                 }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
@@ -112,6 +127,7 @@ impl Rest {
                 ),
             };
             self.observe(step, &outcome, started);
+            drop(slot);
             if !retriable || attempt >= self.retries {
                 return Err(err);
             }
@@ -135,7 +151,7 @@ impl Rest {
     /// The filter is sent raw (no percent-encoding of `(`, `)` or `,`), as the runner does.
     pub async fn count(&self, collection: &str, filter: &str, key: &str) -> Result<u64, RestError> {
         let path = format!("{collection}?{filter}&limit=0&offset=0");
-        let resp = self.get("count", &path, key).await?;
+        let (resp, _slot) = self.get("count", &path, key).await?;
         let header = resp
             .headers()
             .get(reqwest::header::CONTENT_RANGE)
@@ -160,7 +176,7 @@ impl Rest {
 
     /// `GET {path}` as JSON.
     pub async fn get_json(&self, path: &str, key: &str) -> Result<Value, RestError> {
-        let resp = self.get("get", path, key).await?;
+        let (resp, _slot) = self.get("get", path, key).await?;
         resp.json::<Value>().await.map_err(|e| RestError::Invalid {
             path: path.to_string(),
             message: format!("the answer is not JSON: {}", error_chain(&e.without_url())),

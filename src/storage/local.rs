@@ -33,8 +33,33 @@ const FILE_NAME: &str = "events.sqlite3";
 
 type Reply = oneshot::Sender<Vec<Result<SaveOutcome, StorageError>>>;
 
+/// A document as the writer inserts it, encoded by the caller (so the one writer thread only
+/// runs SQLite, and no copy of the document crosses the channel).
+struct Row {
+    id: String,
+    event_type: String,
+    status: String,
+    object_id: String,
+    received_ns: i64,
+    /// The JSON body, or why it could not be encoded.
+    body: Result<String, String>,
+}
+
+impl Row {
+    fn of(doc: &EventDocument) -> Row {
+        Row {
+            id: doc.id.clone(),
+            event_type: doc.event_type.clone(),
+            status: doc.status.clone(),
+            object_id: doc.object_id.clone(),
+            received_ns: doc.received_at.unix_timestamp_nanos() as i64,
+            body: serde_json::to_string(&doc.body).map_err(|e| e.to_string()),
+        }
+    }
+}
+
 struct WriteJob {
-    docs: Vec<EventDocument>,
+    docs: Vec<Row>,
     reply: Reply,
 }
 
@@ -136,7 +161,7 @@ impl LocalStorage {
         &self.path
     }
 
-    async fn submit(&self, docs: Vec<EventDocument>) -> Vec<Result<SaveOutcome, StorageError>> {
+    async fn submit(&self, docs: Vec<Row>) -> Vec<Result<SaveOutcome, StorageError>> {
         let n = docs.len();
         let closed = || StorageError::Unavailable {
             backend: BACKEND,
@@ -204,7 +229,7 @@ fn commit_group(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for doc in jobs.iter().flat_map(|j| &j.docs) {
-                let body = match serde_json::to_string(&doc.body) {
+                let body = match &doc.body {
                     Ok(b) => b,
                     Err(e) => {
                         out.push(Err(StorageError::Rejected {
@@ -219,7 +244,7 @@ fn commit_group(
                     doc.event_type,
                     doc.status,
                     doc.object_id,
-                    doc.received_at.unix_timestamp_nanos() as i64,
+                    doc.received_ns,
                     body
                 ])?;
                 out.push(Ok(if changed == 1 {
@@ -255,7 +280,7 @@ impl Storage for LocalStorage {
     }
 
     async fn save(&self, doc: &EventDocument) -> Result<SaveOutcome, StorageError> {
-        self.submit(vec![doc.clone()])
+        self.submit(vec![Row::of(doc)])
             .await
             .pop()
             .unwrap_or_else(|| {
@@ -270,7 +295,7 @@ impl Storage for LocalStorage {
         if docs.is_empty() {
             return Vec::new();
         }
-        self.submit(docs.to_vec()).await
+        self.submit(docs.iter().map(Row::of).collect()).await
     }
 
     async fn ping(&self) -> Result<(), StorageError> {

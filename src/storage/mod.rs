@@ -5,6 +5,7 @@
 //! | `local`    | `local.rs`    | yes (`_id` PK)  | one transaction | SQLite WAL, `synchronous=FULL`    |
 //! | `driver`   | `driver.rs`   | yes (E11000)    | `insert_many`   | write concern (default majority)  |
 //! | `data_api` | `data_api.rs` | yes (dup. key)  | `insertMany`    | whatever the gateway's cluster has |
+//! | `none`     | `discard.rs`  | —               | —               | none: keeps nothing (benchmarks only) |
 //!
 //! **Document shape.** The Connect object exactly as received or fetched (the tutorial stores the
 //! request as-is), plus `_id` and one reserved key, `_connect`, holding our metadata (event type,
@@ -20,6 +21,7 @@
 pub mod bson_json;
 pub mod conformance;
 pub mod data_api;
+pub mod discard;
 pub mod driver;
 pub mod fanout;
 pub mod local;
@@ -267,6 +269,7 @@ pub async fn connect_backend(
         BackendKind::Local => Arc::new(local::LocalStorage::open(&settings.storage.local.path)?),
         BackendKind::Driver => Arc::new(driver::DriverStorage::connect(settings).await?),
         BackendKind::DataApi => Arc::new(data_api::DataApiStorage::connect(settings).await?),
+        BackendKind::Discard => Arc::new(discard::Discard::new()),
     })
 }
 

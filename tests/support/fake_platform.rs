@@ -125,6 +125,8 @@ pub struct Conn {
     pub setup_request: Value,
     /// The raw `setup_request` text.
     pub setup_request_raw: String,
+    /// When the `setup_request` arrived (benchmarks: start-up time).
+    pub setup_at: std::time::Instant,
     tx: mpsc::UnboundedSender<Cmd>,
     rx: mpsc::UnboundedReceiver<Frame>,
 }
@@ -315,6 +317,7 @@ async fn serve_ws(
             _ => return Err("closed before setup_request".into()),
         }
     };
+    let setup_at = std::time::Instant::now();
     assert!(pinged, "the runner must ping before setup_request");
     let setup_request: Value = serde_json::from_str(&setup_raw).map_err(|e| e.to_string())?;
     assert_eq!(setup_request["message_type"], "setup_request");
@@ -332,6 +335,7 @@ async fn serve_ws(
         headers,
         setup_request,
         setup_request_raw: setup_raw,
+        setup_at,
         tx: cmd_tx,
         rx: frame_rx,
     });

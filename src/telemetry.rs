@@ -40,6 +40,16 @@ pub struct EventLabels {
     pub source: String,
 }
 
+impl EventLabels {
+    pub fn of(event: &Event) -> Self {
+        EventLabels {
+            event_type: event.event_type.to_string(),
+            status: event.status_str().to_string(),
+            source: event.source.as_str().to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub event_type: String,
@@ -202,16 +212,8 @@ impl Metrics {
         out
     }
 
-    fn event_labels(event: &Event) -> EventLabels {
-        EventLabels {
-            event_type: event.event_type.to_string(),
-            status: event.status_str().to_string(),
-            source: event.source.as_str().to_string(),
-        }
-    }
-
-    pub fn count_event(&self, event: &Event, outcome: &Outcome) {
-        let l = Self::event_labels(event);
+    pub fn count_event(&self, labels: &EventLabels, outcome: &Outcome) {
+        let l = labels.clone();
         self.events_received.get_or_create(&l).inc();
         self.events_outcome
             .get_or_create(&OutcomeLabels {
@@ -223,8 +225,8 @@ impl Metrics {
             .inc();
     }
 
-    pub fn count_stored(&self, event: &Event, duplicate: bool) {
-        let l = Self::event_labels(event);
+    pub fn count_stored(&self, labels: &EventLabels, duplicate: bool) {
+        let l = labels.clone();
         self.events_stored
             .get_or_create(&StoredLabels {
                 event_type: l.event_type,

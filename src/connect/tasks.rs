@@ -125,7 +125,7 @@ async fn background(ctx: &TaskContext, defs: &Definitions, task: &Task) -> TaskO
     let event = Event::new(event_type, object_id.clone(), object, Source::Websocket)
         .with_task_id(task.options.task_id.clone());
     let started = Instant::now();
-    match tokio::time::timeout(ctx.background_timeout, ctx.registry.dispatch(&event)).await {
+    match tokio::time::timeout(ctx.background_timeout, ctx.registry.dispatch_owned(event)).await {
         Ok(outcome) => background_output(outcome, started.elapsed().as_secs_f64()),
         Err(_) => retry(format!(
             "the handler did not finish within BACKGROUND_TASK_MAX_EXECUTION_TIME ({} s)",

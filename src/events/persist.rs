@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use super::{Event, Handler, Outcome};
 use crate::config::IdStrategy;
 use crate::storage::{EventDocument, SaveOutcome, SharedStorage};
-use crate::telemetry::Metrics;
+use crate::telemetry::{EventLabels, Metrics};
 
 pub struct PersistHandler {
     storage: Arc<SharedStorage>,
@@ -44,7 +44,23 @@ impl Handler for PersistHandler {
     }
 
     async fn handle(&self, event: &Event) -> Outcome {
-        let doc = EventDocument::from_event(event, self.id_strategy);
+        let labels = EventLabels::of(event);
+        self.save(EventDocument::from_event(event, self.id_strategy), labels)
+            .await
+    }
+
+    async fn handle_owned(&self, event: Event) -> Outcome {
+        let labels = EventLabels::of(&event);
+        self.save(
+            EventDocument::from_owned_event(event, self.id_strategy),
+            labels,
+        )
+        .await
+    }
+}
+
+impl PersistHandler {
+    async fn save(&self, doc: EventDocument, labels: EventLabels) -> Outcome {
         // Take the current backend once: a live reconfiguration swaps it for later events only.
         let storage = self.storage.current();
         let started = Instant::now();
@@ -54,7 +70,7 @@ impl Handler for PersistHandler {
         match result {
             Ok(saved) => {
                 let duplicate = saved == SaveOutcome::Duplicate;
-                self.metrics.count_stored(event, duplicate);
+                self.metrics.count_stored(&labels, duplicate);
                 Outcome::Done {
                     document_id: Some(doc.id),
                     duplicate,

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::types::{Event, EventType, Status};
-use crate::telemetry::Metrics;
+use crate::telemetry::{EventLabels, Metrics};
 
 /// The minimum countdown the platform accepts for `reschedule` (connect-protocol.md §5.2).
 pub const MIN_RESCHEDULE_COUNTDOWN: u64 = 30;
@@ -116,6 +116,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Short name for logs.
     fn name(&self) -> &str;
     async fn handle(&self, event: &Event) -> Outcome;
+    /// The same, owning the event; handlers that keep the object override it to avoid a copy.
+    async fn handle_owned(&self, event: Event) -> Outcome {
+        self.handle(&event).await
+    }
 }
 
 /// One registered handler and the statuses it accepts (empty = any, as for interactive events).
@@ -219,25 +223,47 @@ impl Registry {
     pub async fn dispatch(&self, event: &Event) -> Outcome {
         let outcome = match self.rejection(event) {
             Some(reason) => Outcome::skip(reason),
-            None => {
-                let reg = self.get(&event.event_type).expect("checked above");
-                reg.handler.handle(event).await
-            }
+            None => self.handler_for(event).handle(event).await,
         };
+        self.record(&EventLabels::of(event), &event.object_id, &outcome);
+        outcome
+    }
+
+    /// As [`Registry::dispatch`], giving the event to the handler (no copy of the object for
+    /// handlers that keep it, such as the persist handler).
+    pub async fn dispatch_owned(&self, event: Event) -> Outcome {
+        let labels = EventLabels::of(&event);
+        let object_id = event.object_id.clone();
+        let outcome = match self.rejection(&event) {
+            Some(reason) => Outcome::skip(reason),
+            None => self.handler_for(&event).clone().handle_owned(event).await,
+        };
+        self.record(&labels, &object_id, &outcome);
+        outcome
+    }
+
+    fn handler_for(&self, event: &Event) -> &Arc<dyn Handler> {
+        &self
+            .get(&event.event_type)
+            .expect("rejection() checked the registration")
+            .handler
+    }
+
+    fn record(&self, labels: &EventLabels, object_id: &str, outcome: &Outcome) {
         if let Some(m) = &self.metrics {
-            m.count_event(event, &outcome);
+            m.count_event(labels, outcome);
         }
-        match &outcome {
+        let event_type = &labels.event_type;
+        match outcome {
             Outcome::Done { document_id, .. } => tracing::debug!(
-                event_type = %event.event_type, object_id = %event.object_id,
+                %event_type, %object_id,
                 document_id = document_id.as_deref().unwrap_or(""), "event handled"),
             Outcome::Skip { message } => tracing::info!(
-                event_type = %event.event_type, object_id = %event.object_id, %message, "event skipped"),
+                %event_type, %object_id, %message, "event skipped"),
             other => tracing::warn!(
-                event_type = %event.event_type, object_id = %event.object_id,
+                %event_type, %object_id,
                 result = other.result_name(), message = other.message().unwrap_or(""), "event not completed"),
         }
-        outcome
     }
 }
 

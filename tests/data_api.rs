@@ -145,68 +145,13 @@ macro_rules! conformance {
         mod $mode {
             use super::*;
 
-            async fn make(name: &str) -> Option<(Env, Arc<dyn Storage>)> {
-                let env = Env::start(name).await?;
+            async fn make(case: &'static str) -> Option<c::Fixture> {
+                let env = Env::start(case).await?;
                 let store: Arc<dyn Storage> = Arc::new(env.store($extra).await);
-                Some((env, store))
+                Some(c::Fixture::new(store, env))
             }
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn ping_ok() {
-                let Some((_e, s)) = make("ping").await else {
-                    return;
-                };
-                c::ping_ok(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn round_trip() {
-                let Some((_e, s)) = make("round_trip").await else {
-                    return;
-                };
-                c::round_trip(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn get_missing_is_none() {
-                let Some((_e, s)) = make("missing").await else {
-                    return;
-                };
-                c::get_missing_is_none(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn save_is_idempotent() {
-                let Some((_e, s)) = make("idempotent").await else {
-                    return;
-                };
-                c::save_is_idempotent(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn save_many_reports_each_document() {
-                let Some((_e, s)) = make("save_many").await else {
-                    return;
-                };
-                c::save_many_reports_each_document(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn list_filters_newest_first() {
-                let Some((_e, s)) = make("list").await else {
-                    return;
-                };
-                c::list_filters_newest_first(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn values_are_kept_losslessly() {
-                let Some((_e, s)) = make("lossless").await else {
-                    return;
-                };
-                c::values_are_kept_losslessly(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn concurrent_duplicates_store_once() {
-                let Some((_e, s)) = make("concurrent").await else {
-                    return;
-                };
-                c::concurrent_duplicates_store_once(s).await;
-            }
+            connect_extension_mongodb::storage_conformance!(make);
         }
     };
 }

@@ -30,60 +30,15 @@ use support::{mongo_uri, Db, PrivateServer};
 // The storage conformance suite
 // ---------------------------------------------------------------------------------------------
 
-/// One test per conformance case, each on its own database (dropped afterwards).
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        const CASES: &[&str] = &[$(stringify!($case)),*];
-        mod conformance_suite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some(uri) = mongo_uri() else { return };
-                    let db = Db::open(&uri, stringify!($case)).await;
-                    c::$case(db.storage().as_ref()).await;
-                    db.drop_db().await;
-                }
-            )*
-        }
-    };
+/// Each conformance case on its own database, dropped afterwards.
+async fn conformance_fixture(case: &'static str) -> Option<c::Fixture> {
+    let uri = mongo_uri()?;
+    let db = Db::open(&uri, case).await;
+    let storage = db.storage();
+    Some(c::Fixture::new(storage, ()).with_cleanup(db.drop_db()))
 }
 
-conformance!(
-    ping_ok,
-    round_trip,
-    get_missing_is_none,
-    save_is_idempotent,
-    save_many_reports_each_document,
-    list_filters_newest_first,
-    values_are_kept_losslessly,
-);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_concurrent_duplicates_store_once() {
-    let Some(uri) = mongo_uri() else { return };
-    let db = Db::open(&uri, "concurrent_dups").await;
-    c::concurrent_duplicates_store_once(db.storage()).await;
-    db.drop_db().await;
-}
-
-/// Every `pub async fn` of the conformance suite runs here (guards against a new case being
-/// added to the suite but not to this list).
-#[test]
-fn every_conformance_case_is_run() {
-    let src = include_str!("../src/storage/conformance.rs");
-    let mut listed: HashSet<&str> = CASES.iter().copied().collect();
-    listed.insert("concurrent_duplicates_store_once");
-    for line in src.lines() {
-        if let Some(rest) = line.trim_start().strip_prefix("pub async fn ") {
-            let name = rest.split('(').next().unwrap();
-            assert!(
-                listed.contains(name),
-                "conformance case `{name}` is not run against the driver backend"
-            );
-        }
-    }
-}
+connect_extension_mongodb::storage_conformance!(conformance_fixture);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

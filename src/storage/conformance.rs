@@ -237,56 +237,87 @@ pub async fn concurrent_duplicates_store_once(s: Arc<dyn Storage>) {
     assert_eq!(duplicates, 50);
 }
 
-/// Expands to one `#[tokio::test]` per conformance case. `$make` is an expression evaluating to
-/// a future of `(Box<dyn Any + Send> /* keep-alive guard */, Arc<dyn Storage>)`.
+/// What a conformance case runs against: the store, something to keep alive while it runs (a
+/// temp dir, a test server), and an optional async clean-up (e.g. dropping a test database).
+pub struct Fixture {
+    pub storage: Arc<dyn Storage>,
+    pub guard: Box<dyn std::any::Any + Send>,
+    pub cleanup: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl Fixture {
+    pub fn new(storage: Arc<dyn Storage>, guard: impl std::any::Any + Send) -> Self {
+        Self {
+            storage,
+            guard: Box::new(guard),
+            cleanup: None,
+        }
+    }
+
+    pub fn with_cleanup(
+        mut self,
+        cleanup: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.cleanup = Some(Box::pin(cleanup));
+        self
+    }
+
+    pub async fn finish(self) {
+        if let Some(c) = self.cleanup {
+            c.await;
+        }
+        drop(self.guard);
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance case — the single list of cases every backend
+/// runs. `$make` is an async fn `(case: &'static str) -> Option<Fixture>`; `None` skips the case
+/// (a backend whose server is deliberately not configured, e.g. `SKIP_MONGO_TESTS=1`).
 #[macro_export]
 macro_rules! storage_conformance {
-    ($make:expr) => {
+    ($make:path) => {
         mod conformance_suite {
             #[allow(unused_imports)]
             use super::*;
-            use $crate::storage::conformance as c;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn ping_ok() {
-                let (_g, s) = $make.await;
-                c::ping_ok(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn round_trip() {
-                let (_g, s) = $make.await;
-                c::round_trip(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn get_missing_is_none() {
-                let (_g, s) = $make.await;
-                c::get_missing_is_none(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn save_is_idempotent() {
-                let (_g, s) = $make.await;
-                c::save_is_idempotent(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn save_many_reports_each_document() {
-                let (_g, s) = $make.await;
-                c::save_many_reports_each_document(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn list_filters_newest_first() {
-                let (_g, s) = $make.await;
-                c::list_filters_newest_first(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn values_are_kept_losslessly() {
-                let (_g, s) = $make.await;
-                c::values_are_kept_losslessly(s.as_ref()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn concurrent_duplicates_store_once() {
-                let (_g, s) = $make.await;
-                c::concurrent_duplicates_store_once(s).await;
-            }
+            $crate::storage_conformance!(@case $make, ping_ok, as_ref);
+            $crate::storage_conformance!(@case $make, round_trip, as_ref);
+            $crate::storage_conformance!(@case $make, get_missing_is_none, as_ref);
+            $crate::storage_conformance!(@case $make, save_is_idempotent, as_ref);
+            $crate::storage_conformance!(@case $make, save_many_reports_each_document, as_ref);
+            $crate::storage_conformance!(@case $make, list_filters_newest_first, as_ref);
+            $crate::storage_conformance!(@case $make, values_are_kept_losslessly, as_ref);
+            $crate::storage_conformance!(@case $make, concurrent_duplicates_store_once, clone);
         }
     };
+    (@case $make:path, $case:ident, $pass:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let Some(fixture) = $make(stringify!($case)).await else {
+                return;
+            };
+            $crate::storage::conformance::$case(fixture.storage.$pass()).await;
+            fixture.finish().await;
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every case function is in the macro's list, so every backend runs it.
+    #[test]
+    fn every_case_is_in_the_macro() {
+        let src = include_str!("conformance.rs");
+        let mut cases = 0;
+        for line in src.lines() {
+            if let Some(rest) = line.trim_start().strip_prefix("pub async fn ") {
+                let name = rest.split('(').next().unwrap();
+                cases += 1;
+                assert!(
+                    src.contains(&format!("(@case $make, {name}, ")),
+                    "conformance case `{name}` is missing from storage_conformance!"
+                );
+            }
+        }
+        assert_eq!(cases, 8);
+    }
 }

@@ -382,13 +382,15 @@ mod tests {
         (dir, store)
     }
 
-    crate::storage_conformance!(async {
+    async fn make(_case: &'static str) -> Option<crate::storage::conformance::Fixture> {
         let (dir, store) = open_temp();
-        (
-            Box::new(dir) as Box<dyn std::any::Any + Send>,
-            std::sync::Arc::new(store) as std::sync::Arc<dyn crate::storage::Storage>,
-        )
-    });
+        Some(crate::storage::conformance::Fixture::new(
+            std::sync::Arc::new(store),
+            dir,
+        ))
+    }
+
+    crate::storage_conformance!(make);
 
     #[tokio::test]
     async fn survives_reopen() {

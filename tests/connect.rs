@@ -401,15 +401,10 @@ async fn config_update_rebuilds_the_storage_and_later_events_land_in_the_new_one
     ]);
     bg.send(&setup_response_frame(&data));
     ia.send(&setup_response_frame(&data));
-    let mut swapped = false;
-    for _ in 0..500 {
-        if !Arc::ptr_eq(&before, &h.storage.current()) {
-            swapped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(swapped, "storage was not rebuilt");
+    assert!(
+        h.storage_swapped_from(&before).await,
+        "storage was not rebuilt"
+    );
     drop(before);
     for i in 5..10 {
         bg.send(&background_task(

@@ -13,6 +13,24 @@ use mongodb::bson::doc;
 use serde_json::{json, Value};
 use support::*;
 
+/// Sends the purchase-request tasks `range` and checks every one is answered `success`.
+async fn answer_all_success(bg: &mut Conn, range: std::ops::Range<usize>) {
+    let n = range.len();
+    for i in range {
+        bg.send(&background_task(
+            &format!("TQ-DRV-{i}"),
+            &format!("PR-DRV-{i}"),
+        ));
+    }
+    let results = bg.results(n).await;
+    assert!(
+        results
+            .values()
+            .all(|r| r["data"]["output"]["result"] == "success"),
+        "{results:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn driver_collection_change_from_connect_moves_later_events() {
     let Some(uri) = mongo::mongo_uri() else {
@@ -34,19 +52,7 @@ async fn driver_collection_change_from_connect_moves_later_events() {
         h.platform
             .add_object(purchase_object(&format!("PR-DRV-{i}"), "pending"));
     }
-    for i in 0..5 {
-        bg.send(&background_task(
-            &format!("TQ-DRV-{i}"),
-            &format!("PR-DRV-{i}"),
-        ));
-    }
-    let results = bg.results(5).await;
-    assert!(
-        results
-            .values()
-            .all(|r| r["data"]["output"]["result"] == "success"),
-        "{results:?}"
-    );
+    answer_all_success(&mut bg, 0..5).await;
 
     // "Apply Changes" in the portal: DRIVER_COLLECTION moves, on both channels.
     let before = h.storage.current();
@@ -70,19 +76,7 @@ async fn driver_collection_change_from_connect_moves_later_events() {
     );
     drop(before);
 
-    for i in 5..10 {
-        bg.send(&background_task(
-            &format!("TQ-DRV-{i}"),
-            &format!("PR-DRV-{i}"),
-        ));
-    }
-    let results = bg.results(5).await;
-    assert!(
-        results
-            .values()
-            .all(|r| r["data"]["output"]["result"] == "success"),
-        "{results:?}"
-    );
+    answer_all_success(&mut bg, 5..10).await;
 
     let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
     let database = client.database(&db);

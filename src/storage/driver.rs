@@ -175,32 +175,10 @@ fn scrub(message: String, secrets: &[String]) -> String {
 }
 
 fn scrub_error(e: StorageError, secrets: &[String]) -> StorageError {
-    use StorageError::*;
     if secrets.is_empty() {
         return e;
     }
-    match e {
-        Unavailable { backend, message } => Unavailable {
-            backend,
-            message: scrub(message, secrets),
-        },
-        Timeout { backend, message } => Timeout {
-            backend,
-            message: scrub(message, secrets),
-        },
-        Rejected { backend, message } => Rejected {
-            backend,
-            message: scrub(message, secrets),
-        },
-        Config { backend, message } => Config {
-            backend,
-            message: scrub(message, secrets),
-        },
-        Internal { backend, message } => Internal {
-            backend,
-            message: scrub(message, secrets),
-        },
-    }
+    e.map_message(|m| scrub(m, secrets))
 }
 
 /// `DRIVER_WRITE_CONCERN`: `majority` or a number of nodes ≥ 1.

@@ -215,6 +215,32 @@ impl StorageError {
     pub fn is_retriable(&self) -> bool {
         matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
     }
+
+    /// The same error with its message rewritten (e.g. to scrub a secret), kind kept.
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Self::Unavailable { backend, message } => Self::Unavailable {
+                backend,
+                message: f(message),
+            },
+            Self::Timeout { backend, message } => Self::Timeout {
+                backend,
+                message: f(message),
+            },
+            Self::Rejected { backend, message } => Self::Rejected {
+                backend,
+                message: f(message),
+            },
+            Self::Config { backend, message } => Self::Config {
+                backend,
+                message: f(message),
+            },
+            Self::Internal { backend, message } => Self::Internal {
+                backend,
+                message: f(message),
+            },
+        }
+    }
 }
 
 /// The storage trait. Object-safe: held as `Arc<dyn Storage>`.

@@ -133,6 +133,21 @@ impl Harness {
         }
     }
 
+    /// Waits until the storage in use is no longer `before` (a live reconfiguration swapped it);
+    /// false after 5 s.
+    pub async fn storage_swapped_from(
+        &self,
+        before: &Arc<dyn connect_extension_mongodb::storage::Storage>,
+    ) -> bool {
+        for _ in 0..500 {
+            if !Arc::ptr_eq(before, &self.storage.current()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     /// Stored documents (all, up to 1000).
     pub async fn stored(&self) -> Vec<serde_json::Value> {
         self.storage

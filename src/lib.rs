@@ -13,6 +13,7 @@ pub mod config;
 pub mod connect;
 pub mod events;
 pub mod http;
+pub mod sanitize;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

@@ -16,7 +16,8 @@
 //! as success.
 //!
 //! **Errors.** [`StorageError::is_retriable`] is the one place that decides whether an event is
-//! answered `reschedule` (transient: try again later, nothing lost) or `fail` (permanent).
+//! answered `reschedule` (transient: try again later, nothing lost) or `fail` (permanent). Only
+//! [`StorageError::Rejected`] — about this document — is permanent.
 
 pub mod bson_json;
 pub mod conformance;
@@ -212,8 +213,19 @@ pub enum StorageError {
 
 impl StorageError {
     /// Whether trying again later can succeed. Retriable errors become `reschedule`, the others `fail`.
+    ///
+    /// Only [`StorageError::Rejected`] — an error about *this document* — is permanent. Everything
+    /// about the store, the network or the credentials (`Config` included: a wrong key or a missing
+    /// endpoint is fixed by the operator, and the redelivery then succeeds) and anything unexplained
+    /// (`Internal`) is retriable: the deterministic `_id` makes a redelivery safe, a wrong `fail`
+    /// loses the event.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+        !matches!(self, Self::Rejected { .. })
+    }
+
+    /// Whether this is an error about the document itself (the event is answered `fail`).
+    pub fn is_permanent(&self) -> bool {
+        !self.is_retriable()
     }
 
     /// The same error with its message rewritten (e.g. to scrub a secret), kind kept.
@@ -435,12 +447,12 @@ mod tests {
             message: m()
         }
         .is_retriable());
-        assert!(!StorageError::Config {
+        assert!(StorageError::Config {
             backend: b,
             message: m()
         }
         .is_retriable());
-        assert!(!StorageError::Internal {
+        assert!(StorageError::Internal {
             backend: b,
             message: m()
         }

@@ -1164,6 +1164,20 @@ async fn redirects_are_never_followed_and_are_a_loud_configuration_error() {
         // The redelivery, once the gateway is fixed, is stored.
         assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Inserted);
     }
+    // Logged once per change of state, not once per event.
+    let errors = |text: String| text.lines().filter(|l| l.contains("ERROR")).count();
+    let before = errors(logs.text());
+    for _ in 0..3 {
+        env.server.inject(
+            Some("insertOne"),
+            Fault::Redirect {
+                status: 307,
+                location: location.clone(),
+            },
+        );
+        assert!(store.save(&sample()).await.is_err());
+    }
+    assert_eq!(errors(logs.text()) - before, 1, "{}", logs.text());
     // /ready's probe fails on a redirect too.
     env.server.inject(
         Some("findOne"),

@@ -363,11 +363,16 @@ impl ApiError {
         s
     }
 
-    /// A configuration problem (the operator must act; events are rescheduled meanwhile).
-    fn is_config(&self) -> bool {
+    /// A problem the operator must fix (configuration, or a gateway whose answers cannot be
+    /// used); events are rescheduled meanwhile. Logged at ERROR once per change of state.
+    fn is_problem(&self) -> bool {
         matches!(
             self.kind,
-            ApiErrorKind::Redirect | ApiErrorKind::Unauthorized | ApiErrorKind::NotFound
+            ApiErrorKind::Redirect
+                | ApiErrorKind::Unauthorized
+                | ApiErrorKind::NotFound
+                | ApiErrorKind::Decode
+                | ApiErrorKind::TooLong
         ) || (self.kind == ApiErrorKind::BadRequest
             && self.duplicate.is_none()
             && !self.is_about_document())
@@ -639,9 +644,6 @@ async fn read_bounded(
     mut response: reqwest::Response,
     cap: usize,
 ) -> reqwest::Result<(Vec<u8>, bool)> {
-    if response.content_length().is_some_and(|n| n > cap as u64) {
-        return Ok((Vec::new(), true));
-    }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         if body.len() + chunk.len() > cap {
@@ -783,8 +785,8 @@ impl DataApiStorage {
             Some(e) => tracing::error!(
                 endpoint = %shown_endpoint(&self.base),
                 error = %self.storage_error(e.clone()),
-                "Data API: configuration problem (check DATA_API_ENDPOINT and the credentials); \
-                 events are rescheduled until it is fixed"
+                "Data API: the gateway's answers cannot be used (check DATA_API_ENDPOINT and the \
+                 credentials); events are rescheduled until it is fixed"
             ),
             None => tracing::info!(
                 endpoint = %shown_endpoint(&self.base),
@@ -909,23 +911,19 @@ impl DataApiStorage {
         }
     }
 
-    /// One action, retried on transient failures within `deadline`.
-    async fn call(
-        &self,
-        action: &str,
-        fields: Vec<(&str, Value)>,
-        deadline: Duration,
-    ) -> ApiResult<Value> {
-        let result = self.call_inner(action, fields, deadline).await;
+    /// Reports the outcome of a call whose answer has been checked against the contract: a
+    /// problem at ERROR (once per change), the recovery at INFO.
+    fn checked<T>(&self, result: ApiResult<T>) -> ApiResult<T> {
         match &result {
             Ok(_) => self.report(None),
-            Err(e) if e.is_config() => self.report(Some(e)),
+            Err(e) if e.is_problem() => self.report(Some(e)),
             Err(_) => {}
         }
         result
     }
 
-    async fn call_inner(
+    /// One action, retried on transient failures within `deadline`.
+    async fn call(
         &self,
         action: &str,
         fields: Vec<(&str, Value)>,
@@ -981,11 +979,12 @@ impl DataApiStorage {
 
     async fn insert_one(&self, doc: &EventDocument) -> Result<SaveOutcome, StorageError> {
         let document = Value::Object(doc.body.clone());
-        let result = self
-            .call("insertOne", vec![("document", document)], self.deadline)
-            .await
-            // A 2xx counts only with the proof the contract gives (the `_id` sent, or `n: 1`).
-            .and_then(|answer| check_inserted("insertOne", &answer, &[doc.id.as_str()]));
+        let result = self.checked(
+            self.call("insertOne", vec![("document", document)], self.deadline)
+                .await
+                // A 2xx counts only with the proof the contract gives (the `_id` sent, or `n: 1`).
+                .and_then(|answer| check_inserted("insertOne", &answer, &[doc.id.as_str()])),
+        );
         let err = match result {
             Ok(()) => return Ok(SaveOutcome::Inserted),
             Err(e) => e,
@@ -1018,8 +1017,8 @@ impl DataApiStorage {
                 ],
                 self.deadline,
             )
-            .await?;
-        let docs = documents_of(answer, "find")?;
+            .await;
+        let docs = self.checked(answer.and_then(|a| documents_of(a, "find")))?;
         Ok(docs
             .iter()
             .filter_map(|d| d.get("_id").and_then(Value::as_str).map(str::to_string))
@@ -1047,14 +1046,15 @@ impl DataApiStorage {
                 .iter()
                 .map(|&i| Value::Object(docs[i].body.clone()))
                 .collect();
-            let result = self
-                .call(
+            let result = self.checked(
+                self.call(
                     "insertMany",
                     vec![("documents", Value::Array(documents))],
                     self.deadline,
                 )
                 .await
-                .and_then(|answer| check_inserted("insertMany", &answer, &ids));
+                .and_then(|answer| check_inserted("insertMany", &answer, &ids)),
+            );
             let err = match result {
                 Ok(()) => {
                     for &i in &chunk {
@@ -1286,9 +1286,8 @@ impl Storage for DataApiStorage {
                 ],
                 self.request_timeout,
             )
-            .await
-            .map_err(|e| self.storage_error(*e))?;
-        document_of(answer)
+            .await;
+        self.checked(answer.and_then(document_of))
             .map(|_| ())
             .map_err(|e| self.storage_error(*e))
     }
@@ -1300,9 +1299,9 @@ impl Storage for DataApiStorage {
                 vec![("filter", json!({"_id": id}))],
                 self.deadline,
             )
-            .await
-            .map_err(|e| self.storage_error(*e))?;
-        document_of(answer).map_err(|e| self.storage_error(*e))
+            .await;
+        self.checked(answer.and_then(document_of))
+            .map_err(|e| self.storage_error(*e))
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Value>, StorageError> {
@@ -1326,9 +1325,9 @@ impl Storage for DataApiStorage {
                 ],
                 self.deadline,
             )
-            .await
-            .map_err(|e| self.storage_error(*e))?;
-        documents_of(answer, "find").map_err(|e| self.storage_error(*e))
+            .await;
+        self.checked(answer.and_then(|a| documents_of(a, "find")))
+            .map_err(|e| self.storage_error(*e))
     }
 }
 

@@ -544,14 +544,16 @@ async fn text_plain_success_bodies_and_200_inserts_are_accepted() {
 // Authentication.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_key_is_a_permanent_error_with_the_servers_message() {
+async fn a_wrong_key_is_a_retriable_configuration_error_with_the_servers_message() {
     let Some(env) = Env::start("wrong_key").await else {
         return;
     };
     let store = env.store(&[("DATA_API_KEY", "not-the-key-s3cr3t")]).await;
     let err = store.save(&sample()).await.unwrap_err();
-    assert!(matches!(err, StorageError::Rejected { .. }), "{err}");
-    assert!(!err.is_retriable());
+    // About the credentials, not the document: the event is rescheduled until the key is fixed.
+    assert!(matches!(err, StorageError::Config { .. }), "{err}");
+    assert!(err.is_retriable());
+    assert!(err.to_string().contains("check DATA_API_KEY"), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("HTTP 401"), "{msg}");
     assert!(
@@ -566,7 +568,7 @@ async fn a_wrong_key_is_a_permanent_error_with_the_servers_message() {
     // Reads and ping too.
     assert!(matches!(
         store.ping().await.unwrap_err(),
-        StorageError::Rejected { .. }
+        StorageError::Config { .. }
     ));
 }
 
@@ -614,7 +616,7 @@ async fn bearer_and_email_password_auth() {
             .contains("no authentication methods were specified"),
         "{err}"
     );
-    assert!(!err.is_retriable());
+    assert!(matches!(err, StorageError::Config { .. }), "{err}");
 
     // Only one of email/password is a configuration error on our side.
     let settings = env.settings(&[("DATA_API_KEY", ""), ("DATA_API_EMAIL", "user@example.com")]);
@@ -641,10 +643,12 @@ async fn misconfiguration_is_reported_clearly() {
             .contains("cannot find app using Client App ID 'data-zzzzz'"),
         "{err}"
     );
-    // Unknown data source (CLUSTER): 400 with the server's message, permanent.
+    // Unknown data source (CLUSTER): 400 with the server's message; about the configuration,
+    // not the document, so retriable.
     let store = env.store(&[("CLUSTER", "Cluster9")]).await;
     let err = store.save(&sample()).await.unwrap_err();
-    assert!(matches!(err, StorageError::Rejected { .. }), "{err}");
+    assert!(matches!(err, StorageError::Config { .. }), "{err}");
+    assert!(err.to_string().contains("CLUSTER"), "{err}");
     assert!(
         err.to_string()
             .contains("The data source 'Cluster9' is disabled or does not exist"),
@@ -965,7 +969,7 @@ async fn a_rejected_batch_falls_back_to_one_insert_per_document() {
     let results = bad.save_many(&[sample(), sample()]).await;
     assert!(results
         .iter()
-        .all(|r| matches!(r, Err(StorageError::Rejected { .. }))));
+        .all(|r| matches!(r, Err(StorageError::Config { .. }))));
     assert_eq!(env.server.requests().len(), 1);
 }
 
@@ -1059,4 +1063,623 @@ async fn the_daemon_stores_each_accepted_event_once_through_the_data_api() {
 
 fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13: a 2xx is not proof of a write; redirects are never followed; a duplicate is a duplicate
+// whatever the status; credentials and endpoint errors are retriable; only `_id` duplicates count
+// as stored; every answer is read within a bound.
+
+use data_api_server::Recorder;
+
+/// A log capture for one test (a current-thread runtime: every task logs on this thread).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn html(status: u16) -> Fault {
+    Fault::Status {
+        status,
+        content_type: "text/html",
+        body: "<!DOCTYPE html><html><body>Login</body></html>".into(),
+    }
+}
+
+fn json_answer(status: u16, body: Value) -> Fault {
+    Fault::Status {
+        status,
+        content_type: "application/json",
+        body: body.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn redirects_are_never_followed_and_are_a_loud_configuration_error() {
+    let Some(env) = Env::start("redirect").await else {
+        return;
+    };
+    let logs = Captured::default();
+    let _guard = logs.install();
+    let elsewhere = Recorder::start().await;
+    let location = format!(
+        "http://thief:pw-s3cr3t@{}/steal/action/insertOne?secret=q-s3cr3t&x=1",
+        elsewhere.addr
+    );
+    let store = env.store(&[]).await;
+    for status in [307u16, 301, 308, 302] {
+        env.server.clear_log();
+        env.server.inject(
+            Some("insertOne"),
+            Fault::Redirect {
+                status,
+                location: location.clone(),
+            },
+        );
+        let doc = sample();
+        let err = store.save(&doc).await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::Config { .. }),
+            "{status}: {err}"
+        );
+        assert!(err.is_retriable(), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("HTTP {status}")), "{msg}");
+        assert!(msg.contains("DATA_API_ENDPOINT"), "{msg}");
+        assert!(
+            !msg.contains("s3cr3t"),
+            "the Location's secrets leaked: {msg}"
+        );
+        // Not retried (a configuration error), nothing stored, nothing sent elsewhere.
+        assert_eq!(env.server.requests_for("insertOne").len(), 1);
+        assert_eq!(env.count_id(&doc.id).await, 0);
+        assert!(
+            elsewhere.received().is_empty(),
+            "the other host received: {:?}",
+            elsewhere.received()
+        );
+        // The redelivery, once the gateway is fixed, is stored.
+        assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Inserted);
+    }
+    // Logged once per change of state, not once per event.
+    let errors = |text: String| text.lines().filter(|l| l.contains("ERROR")).count();
+    let before = errors(logs.text());
+    for _ in 0..3 {
+        env.server.inject(
+            Some("insertOne"),
+            Fault::Redirect {
+                status: 307,
+                location: location.clone(),
+            },
+        );
+        assert!(store.save(&sample()).await.is_err());
+    }
+    assert_eq!(errors(logs.text()) - before, 1, "{}", logs.text());
+    // /ready's probe fails on a redirect too.
+    env.server.inject(
+        Some("findOne"),
+        Fault::Redirect {
+            status: 307,
+            location: location.clone(),
+        },
+    );
+    assert!(matches!(
+        store.ping().await.unwrap_err(),
+        StorageError::Config { .. }
+    ));
+    assert!(elsewhere.received().is_empty());
+    // Reported loudly (ERROR, naming the setting), never with the Location's secrets.
+    let text = logs.text();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("ERROR") && l.contains("DATA_API_ENDPOINT") && l.contains("307")),
+        "{text}"
+    );
+    assert!(!text.contains("s3cr3t"), "a secret reached the log: {text}");
+    assert!(!text.contains("test-api-key"), "the key reached the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_html_or_shapeless_2xx_is_not_a_write() {
+    let Some(env) = Env::start("shapeless").await else {
+        return;
+    };
+    let store = env.store(&[]).await;
+    let doc = sample();
+    let faults = [
+        html(200),
+        json_answer(201, json!({})),
+        json_answer(201, json!({"ok": 1})),
+        json_answer(201, json!({"insertedId": null})),
+        json_answer(201, json!({"insertedId": "somebody-else"})),
+        json_answer(201, json!({"insertedIds": [doc.id]})),
+        json_answer(201, json!({"n": 0})),
+        json_answer(204, json!(null)),
+    ];
+    for fault in faults {
+        let shown = format!("{fault:?}");
+        env.server.inject(Some("insertOne"), fault);
+        let err = store.save(&doc).await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::Unavailable { .. }),
+            "{shown}: {err}"
+        );
+        assert!(err.is_retriable(), "{err}");
+        assert_eq!(env.count_id(&doc.id).await, 0, "{shown}");
+    }
+    // insertMany: an answer without every id is no proof for any of them.
+    let batch = [sample(), sample(), sample()];
+    for fault in [
+        html(201),
+        json_answer(201, json!({"insertedIds": [batch[0].id, batch[1].id]})),
+        json_answer(
+            201,
+            json!({"insertedIds": [batch[0].id, batch[2].id, batch[1].id]}),
+        ),
+        json_answer(201, json!({"n": 2})),
+        json_answer(201, json!({"insertedId": batch[0].id})),
+    ] {
+        let shown = format!("{fault:?}");
+        env.server.inject(Some("insertMany"), fault);
+        let results = store.save_many(&batch).await;
+        for r in &results {
+            let err = r.as_ref().unwrap_err();
+            assert!(
+                matches!(err, StorageError::Unavailable { .. }),
+                "{shown}: {err}"
+            );
+        }
+    }
+    // Reads and the readiness probe do not take an HTML page for an answer either.
+    env.server.inject(Some("findOne"), html(200));
+    assert!(store.ping().await.unwrap_err().is_retriable());
+    env.server
+        .inject(Some("findOne"), json_answer(200, json!({"ok": 1})));
+    assert!(store.ping().await.is_err());
+    env.server.inject(Some("findOne"), html(200));
+    assert!(store.get(&doc.id).await.is_err());
+    env.server.inject(Some("find"), html(200));
+    assert!(store.list(&Default::default()).await.is_err());
+    assert_eq!(env.server.pending_faults(), 0);
+    // The redeliveries are stored.
+    assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Inserted);
+    for r in store.save_many(&batch).await {
+        assert_eq!(r.unwrap(), SaveOutcome::Inserted);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_style_insert_answers_are_accepted() {
+    // FerretDB's Data API answers inserts with `{"n": <count>}` (contract notes §10).
+    let Some(env) = Env::start_with(
+        "n_style",
+        ServerConfig {
+            n_style_inserts: true,
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let store = env.store(&[]).await;
+    let doc = sample();
+    assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Inserted);
+    assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Duplicate);
+    let batch = [sample(), sample(), doc.clone(), sample()];
+    let results: Vec<SaveOutcome> = store
+        .save_many(&batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    use SaveOutcome::*;
+    assert_eq!(results, vec![Inserted, Inserted, Duplicate, Inserted]);
+    for d in &batch {
+        assert_eq!(env.count_id(&d.id).await, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_answered_as_http_500_is_stored_and_not_retried() {
+    for (name, as_json) in [("dup500_text", false), ("dup500_json", true)] {
+        let Some(env) = Env::start_with(
+            name,
+            ServerConfig {
+                duplicate_status: 500,
+                duplicate_as_json: as_json,
+                ..ServerConfig::default()
+            },
+        )
+        .await
+        else {
+            return;
+        };
+        let store = env.store(&[]).await;
+        let doc = sample();
+        assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Inserted);
+        env.server.clear_log();
+        assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Duplicate);
+        assert_eq!(env.server.requests_for("insertOne").len(), 1, "{name}");
+
+        // insertMany stopped by a duplicate: still exact per-document outcomes.
+        env.server.clear_log();
+        let (a, b, c2) = (sample(), sample(), sample());
+        let results: Vec<SaveOutcome> = store
+            .save_many(&[a.clone(), b.clone(), doc.clone(), c2.clone(), b.clone()])
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        use SaveOutcome::*;
+        assert_eq!(
+            results,
+            vec![Inserted, Inserted, Duplicate, Inserted, Duplicate],
+            "{name}"
+        );
+        assert_eq!(env.server.requests_for("insertMany").len(), 1, "{name}");
+        for d in [&a, &b, &doc, &c2] {
+            assert_eq!(env.count_id(&d.id).await, 1);
+        }
+    }
+    // The same text behind a 502 from a proxy, and a bare `code: 11000` JSON body.
+    let Some(env) = Env::start("dup_other").await else {
+        return;
+    };
+    let store = env.store(&[]).await;
+    let doc = sample();
+    store.save(&doc).await.unwrap();
+    env.server.clear_log();
+    env.server.inject(
+        Some("insertOne"),
+        Fault::Status {
+            status: 502,
+            content_type: "text/plain",
+            body: format!(
+                "upstream: E11000 duplicate key error collection: x.y index: _id_ dup key: {{ _id: \"{}\" }}",
+                doc.id
+            ),
+        },
+    );
+    assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Duplicate);
+    env.server.inject(
+        Some("insertOne"),
+        json_answer(
+            500,
+            json!({"code": 11000, "errmsg": format!("duplicate key: index: _id_ dup key: {{ _id: \"{}\" }}", doc.id)}),
+        ),
+    );
+    assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Duplicate);
+    assert_eq!(env.server.requests_for("insertOne").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_and_not_found_answers_are_retriable_configuration_errors() {
+    let Some(env) = Env::start("auth_retriable").await else {
+        return;
+    };
+    let store = env.store(&[]).await;
+    let cases = [
+        (
+            json_answer(
+                401,
+                json!({"error": "invalid session: error finding user for endpoint", "error_code": "InvalidSession"}),
+            ),
+            "DATA_API_KEY",
+        ),
+        (
+            json_answer(
+                403,
+                json!({"error": "forbidden", "error_code": "Forbidden"}),
+            ),
+            "DATA_API_KEY",
+        ),
+        (html(403), "DATA_API_KEY"),
+        (
+            json_answer(
+                404,
+                json!({"error": "cannot find app using Client App ID 'data-abcde'"}),
+            ),
+            "DATA_API_ENDPOINT",
+        ),
+        (html(404), "DATA_API_ENDPOINT"),
+    ];
+    for (fault, setting) in cases {
+        let shown = format!("{fault:?}");
+        let doc = sample();
+        env.server.clear_log();
+        env.server.inject(Some("insertOne"), fault.clone());
+        let err = store.save(&doc).await.unwrap_err();
+        assert!(matches!(err, StorageError::Config { .. }), "{shown}: {err}");
+        assert!(err.is_retriable(), "{err}");
+        assert!(err.to_string().contains(setting), "{shown}: {err}");
+        assert_eq!(env.server.requests().len(), 1, "not retried at once");
+        // The same answer to a batch: every document retriable, after one request.
+        env.server.inject(Some("insertMany"), fault.clone());
+        for r in store.save_many(&[sample(), sample()]).await {
+            assert!(
+                matches!(r, Err(StorageError::Config { .. })),
+                "{shown}: {r:?}"
+            );
+        }
+        // /ready's probe fails with the reason.
+        env.server.inject(Some("findOne"), fault);
+        let err = store.ping().await.unwrap_err();
+        assert!(err.to_string().contains(setting), "{err}");
+        // Fixed: the redelivery is stored.
+        assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Inserted);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_on_another_unique_index_is_rejected_with_the_reason() {
+    let Some(env) = Env::start("other_index").await else {
+        return;
+    };
+    let store = env.store(&[]).await;
+    env.collection()
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"ref": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .name("ref_unique".to_string())
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .expect("index");
+    let with_ref = |r: &str| {
+        let mut d = sample();
+        d.body.insert("ref".into(), json!(r));
+        d
+    };
+    let first = with_ref("R-1");
+    assert_eq!(store.save(&first).await.unwrap(), SaveOutcome::Inserted);
+    // The same document again: a duplicate on `_id`, stored.
+    assert_eq!(store.save(&first).await.unwrap(), SaveOutcome::Duplicate);
+    // Another document with the same `ref`: refused, with the index named.
+    let clash = with_ref("R-1");
+    let err = store.save(&clash).await.unwrap_err();
+    assert!(matches!(err, StorageError::Rejected { .. }), "{err}");
+    assert!(err.to_string().contains("ref_unique"), "{err}");
+    assert_eq!(env.count_id(&clash.id).await, 0);
+    // In a batch, it fails alone; the others are stored.
+    let (a, b) = (with_ref("R-2"), with_ref("R-3"));
+    let results = store
+        .save_many(&[a.clone(), with_ref("R-1"), b.clone(), first.clone()])
+        .await;
+    // The ordered insertMany stopped at the clash without saying where: `a` (committed by it) is
+    // found stored, which is all a duplicate answer can tell.
+    assert!(
+        matches!(
+            results[0],
+            Ok(SaveOutcome::Inserted) | Ok(SaveOutcome::Duplicate)
+        ),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], Err(StorageError::Rejected { message, .. }) if message.contains("ref_unique")),
+        "{results:?}"
+    );
+    assert_eq!(results[2].as_ref().unwrap(), &SaveOutcome::Inserted);
+    assert_eq!(results[3].as_ref().unwrap(), &SaveOutcome::Duplicate);
+    assert_eq!(env.count_id(&a.id).await, 1);
+    assert_eq!(env.count_id(&b.id).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_long_answers_are_cut_off_and_retriable() {
+    let Some(env) = Env::start("endless").await else {
+        return;
+    };
+    let store = env
+        .store(&[
+            ("DATA_API_TIMEOUT_MS", "20000"),
+            ("DATA_API_DEADLINE_MS", "20000"),
+        ])
+        .await;
+    let doc = sample();
+    for (action, status) in [
+        ("insertOne", 201),
+        ("findOne", 200),
+        ("find", 200),
+        ("insertOne", 500),
+    ] {
+        env.server.clear_faults();
+        // Enough for every attempt (an endless 500 is retried like any 500).
+        for _ in 0..10 {
+            env.server.inject(
+                Some(action),
+                Fault::Endless {
+                    status,
+                    content_type: "application/json",
+                },
+            );
+        }
+        let err = match action {
+            "insertOne" => store.save(&doc).await.map(|_| ()).unwrap_err(),
+            "findOne" => store.get(&doc.id).await.map(|_| ()).unwrap_err(),
+            _ => store
+                .list(&Default::default())
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        };
+        assert!(err.is_retriable(), "{err}");
+        assert!(
+            !matches!(err, StorageError::Timeout { .. }),
+            "{action} {status}: read until the timeout instead of stopping at the bound: {err}"
+        );
+        if status < 300 {
+            assert!(err.to_string().contains("longer than"), "{err}");
+        }
+    }
+    env.server.clear_faults();
+    assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Inserted);
+}
+
+/// The daemon on this test's gateway: base URL, stop token, its task.
+async fn start_daemon(
+    env: &Env,
+) -> (
+    String,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<(), connect_extension_mongodb::AppError>>,
+) {
+    let settings = env.settings(&[
+        ("HTTP_LISTEN", "127.0.0.1:0"),
+        ("DATA_API_TIMEOUT_MS", "2000"),
+        ("DATA_API_DEADLINE_MS", "2500"),
+    ]);
+    let app = connect_extension_mongodb::App::build(settings)
+        .await
+        .expect("app");
+    let base = format!("http://{}", app.http_addr());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run(stop.clone()));
+    (base, stop, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_answers_503_for_gateway_faults_and_422_only_for_the_document() {
+    let Some(env) = Env::start_with(
+        "daemon_faults",
+        ServerConfig {
+            duplicate_status: 500,
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    env.collection()
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"ref": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .name("ref_unique".to_string())
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .expect("index");
+    let elsewhere = Recorder::start().await;
+    let (base, stop, running) = start_daemon(&env).await;
+    let http = reqwest::Client::new();
+    let post = |body: Value| {
+        let http = http.clone();
+        let url = format!("{base}/events");
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let ready = || {
+        let http = http.clone();
+        let url = format!("{base}/ready");
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let mut object: Value =
+        serde_json::from_str(include_str!("fixtures/purchase_request.json")).unwrap();
+    object["id"] = json!(format!(
+        "PR-FLT-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    object["ref"] = json!("R-1");
+
+    let redirect = || Fault::Redirect {
+        status: 307,
+        location: format!("http://u:pw-s3cr3t@{}/x?secret=q-s3cr3t", elsewhere.addr),
+    };
+    let faults: Vec<(&str, Fault)> = vec![
+        ("redirect", redirect()),
+        ("html 200", html(200)),
+        ("no insertedId", json_answer(201, json!({}))),
+        (
+            "401",
+            json_answer(
+                401,
+                json!({"error": "invalid session", "error_code": "InvalidSession"}),
+            ),
+        ),
+        ("403", html(403)),
+        ("404", json_answer(404, json!({"error": "cannot find app"}))),
+    ];
+    for (name, fault) in faults {
+        env.server.inject(Some("insertOne"), fault.clone());
+        let (status, body) = post(object.clone()).await;
+        assert_eq!(status, 503, "{name}: {body}");
+        assert_eq!(body["result"], json!("reschedule"), "{name}: {body}");
+        assert!(!body.to_string().contains("s3cr3t"), "{body}");
+        // /ready turns 503 with the reason while the gateway answers so.
+        if name != "no insertedId" {
+            env.server.inject(Some("findOne"), fault);
+            let (status, text) = ready().await;
+            assert_eq!(status, 503, "{name}: {text}");
+            assert!(text.contains("data_api"), "{text}");
+            assert!(!text.contains("s3cr3t"), "{text}");
+        }
+        env.server.clear_faults();
+    }
+    assert!(
+        elsewhere.received().is_empty(),
+        "{:?}",
+        elsewhere.received()
+    );
+    assert_eq!(ready().await.0, 200);
+
+    // Stored now; the redelivery is a duplicate although the gateway answers it with a 500.
+    let (status, body) = post(object.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["document_id"].as_str().unwrap().to_string();
+    env.server.clear_log();
+    let (status, body) = post(object.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["duplicate"], json!(true), "{body}");
+    assert_eq!(env.server.requests_for("insertOne").len(), 1);
+    assert_eq!(env.count_id(&id).await, 1);
+
+    // Another object with the same value on a user's unique index: failed, with the reason.
+    let mut other = object.clone();
+    other["id"] = json!(format!("{}-B", object["id"].as_str().unwrap()));
+    let (status, body) = post(other).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("ref_unique"), "{body}");
+
+    stop.cancel();
+    running.await.unwrap().unwrap();
 }

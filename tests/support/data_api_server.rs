@@ -15,7 +15,10 @@
 //!   `Failed to insert document: FunctionError: (DuplicateKey) E11000 …`.
 //! - Fault injection from a queue (per action or any): 429 with/without `Retry-After`, 500, any
 //!   status/body, slow answers, the connection dropped after the write committed, `text/plain`
-//!   success bodies. Every request is logged (path, headers, raw and parsed body).
+//!   success bodies, redirects (to a [`Recorder`] that keeps what it receives), endless bodies.
+//!   Every request is logged (path, headers, raw and parsed body).
+//! - Gateway variants: duplicates answered with another status (HTTP 500, as one widely used
+//!   gateway does) and/or as JSON; FerretDB-style `{"n": k}` insert answers.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -31,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bson::{doc, oid::ObjectId, Bson, Document};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +69,13 @@ pub struct ServerConfig {
     pub default_ejson: bool,
     /// Beta quirk: every success body labelled `text/plain`.
     pub text_plain_success: bool,
+    /// Status of a duplicate-key answer (400 as documented; 500 from some gateways).
+    pub duplicate_status: u16,
+    /// Duplicate-key answers as JSON `{error, error_code: "DuplicateKey", code: 11000}` instead
+    /// of plain text.
+    pub duplicate_as_json: bool,
+    /// FerretDB-style insert answers: `{"n": <count>}` instead of `insertedId(s)`.
+    pub n_style_inserts: bool,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +90,9 @@ impl Default for ServerConfig {
             insert_status: 201,
             default_ejson: false,
             text_plain_success: false,
+            duplicate_status: 400,
+            duplicate_as_json: false,
+            n_style_inserts: false,
         }
     }
 }
@@ -105,6 +118,13 @@ pub enum Fault {
     TextPlainSuccess,
     /// No fault: handle normally (to aim a later fault at the n-th request).
     Pass,
+    /// Answer a redirect (`status` 301/302/307/308) to `location`, without handling the request.
+    Redirect { status: u16, location: String },
+    /// Answer `status` with a body that never ends (64 KiB chunks until the client hangs up).
+    Endless {
+        status: u16,
+        content_type: &'static str,
+    },
 }
 
 /// One request as the server received it.
@@ -403,6 +423,28 @@ async fn handle(
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             return r;
         }
+        Some(Fault::Redirect { status, location }) => {
+            return Response::builder()
+                .status(status)
+                .header(header::LOCATION, location)
+                .body(Body::empty())
+                .unwrap();
+        }
+        Some(Fault::Endless {
+            status,
+            content_type,
+        }) => {
+            let chunk = Bytes::from(vec![b' '; 64 * 1024]);
+            let opening = Bytes::from_static(b"{\"documents\": [\"");
+            let stream =
+                futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(opening) })
+                    .chain(futures_util::stream::repeat_with(move || Ok(chunk.clone())));
+            return Response::builder()
+                .status(status)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Body::from_stream(stream))
+                .unwrap();
+        }
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
         Some(Fault::DropAfterCommit) => drop_after = true,
         Some(Fault::TextPlainSuccess) => text_plain = true,
@@ -469,7 +511,29 @@ async fn handle(
         Ok(answer) => answer,
         Err(Failure::Param(m)) => return bad_param(&shared, m),
         Err(Failure::Db(text)) => return text_response(400, text),
+        Err(Failure::Duplicate(text)) => {
+            let status = shared.config.duplicate_status;
+            return if shared.config.duplicate_as_json {
+                json_response(
+                    status,
+                    json!({"error": text, "error_code": "DuplicateKey", "code": 11000, "link": link(&shared)}),
+                )
+            } else {
+                text_response(status, text)
+            };
+        }
         Err(Failure::Internal(m)) => return error(&shared, 500, &m, "InternalServerError"),
+    };
+    let answer = match (shared.config.n_style_inserts, action.as_str()) {
+        (true, "insertOne") => doc! {"n": 1},
+        (true, "insertMany") => {
+            let n = answer
+                .get_array("insertedIds")
+                .map(|a| a.len())
+                .unwrap_or(0);
+            doc! {"n": n as i32}
+        }
+        _ => answer,
     };
     let status = if action.starts_with("insert") {
         shared.config.insert_status
@@ -516,6 +580,8 @@ enum Failure {
     Db(String),
     /// 500.
     Internal(String),
+    /// A duplicate key (E11000, any unique index): 400 plain text unless the config says otherwise.
+    Duplicate(String),
 }
 
 fn get_doc(body: &Document, key: &str, required: bool) -> Result<Option<Document>, Failure> {
@@ -604,7 +670,7 @@ fn db_failure(
                 "E11000 duplicate key error collection: {ns} index: _id_ dup key: {{ _id: {id} }}"
             );
         }
-        return Failure::Db(format!(
+        return Failure::Duplicate(format!(
             "Failed to {what}: FunctionError: (DuplicateKey) {message}"
         ));
     }
@@ -796,5 +862,81 @@ pub fn json_mode(b: Bson) -> Value {
         }
         Bson::Decimal128(d) => Value::String(d.to_string()),
         Bson::MaxKey | Bson::MinKey | Bson::DbPointer(_) => json!({}),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// One request as a [`Recorder`] received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Another host (a redirect target): records every request, answers 200 with an HTML page.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let log = received.clone();
+        let router = Router::new().fallback(
+            move |method: axum::http::Method,
+                  uri: axum::http::Uri,
+                  headers: HeaderMap,
+                  body: Bytes| {
+                let log = log.clone();
+                async move {
+                    log.lock().unwrap().push(Received {
+                        method: method.to_string(),
+                        uri: uri.to_string(),
+                        headers,
+                        body,
+                    });
+                    let mut r = (
+                        StatusCode::OK,
+                        "<!DOCTYPE html><html><body>Welcome to the captive portal</body></html>",
+                    )
+                        .into_response();
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+                    r
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await;
+        });
+        Recorder {
+            addr,
+            received,
+            stop,
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
     }
 }

@@ -85,6 +85,10 @@ pub const IN_FLIGHT_BATCHES: usize = 2;
 /// The BSON `Date` copy of the receive time, inside `_connect` (removed on read-back).
 pub const RECEIVED_DATE: &str = "received_date";
 const QUEUE_CAPACITY: usize = 8192;
+/// Longest `close` waits for queued and in-flight batches.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `close` waits for the client's shutdown (`Client::shutdown`).
+pub const CLIENT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
 // Connection string
@@ -220,6 +224,18 @@ struct ClientHandle {
 
 static CLIENTS: tokio::sync::Mutex<Vec<(ClientKey, Weak<ClientHandle>)>> =
     tokio::sync::Mutex::const_new(Vec::new());
+
+/// When `handle` has no other user (no other backend holds it), takes it out of the cache — no
+/// later `connect` can pick it up — and returns its client, to be shut down.
+async fn release_client(handle: &Arc<ClientHandle>) -> Option<Client> {
+    let mut clients = CLIENTS.lock().await;
+    if Arc::strong_count(handle) > 1 {
+        return None;
+    }
+    let ours = Arc::downgrade(handle);
+    clients.retain(|(_, weak)| weak.strong_count() > 0 && !weak.ptr_eq(&ours));
+    Some(handle.client.clone())
+}
 
 async fn shared_client(
     target: &Target,
@@ -987,11 +1003,37 @@ impl Storage for DriverStorage {
         // Dropping the sender lets the batcher send what is queued, then exit.
         drop(self.tx.lock().expect("driver tx lock").take());
         let batcher = self.batcher.lock().expect("driver batcher lock").take();
-        if let Some(batcher) = batcher {
-            let _ = batcher.await;
+        let drain = async {
+            if let Some(batcher) = batcher {
+                let _ = batcher.await;
+            }
+            // Wait for the batches still in flight.
+            let _ = self.in_flight.acquire_many(IN_FLIGHT_BATCHES as u32).await;
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, drain).await.is_err() {
+            tracing::warn!(
+                timeout_ms = CLOSE_TIMEOUT.as_millis() as u64,
+                "driver storage: batches still in flight at the close timeout; their events were not answered success, so they are redelivered"
+            );
         }
-        // Wait for the batches still in flight.
-        let _ = self.in_flight.acquire_many(IN_FLIGHT_BATCHES as u32).await;
+        // The last user of the pooled client shuts it down, so that no driver task is left to
+        // run (or panic) while the runtime is torn down.
+        if let Some(client) = release_client(&self.handle).await {
+            if tokio::time::timeout(CLIENT_SHUTDOWN_TIMEOUT, client.clone().shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    timeout_ms = CLIENT_SHUTDOWN_TIMEOUT.as_millis() as u64,
+                    "driver storage: the client did not shut down in time; closing it immediately"
+                );
+                let _ = tokio::time::timeout(
+                    CLIENT_SHUTDOWN_TIMEOUT,
+                    client.shutdown().immediate(true).into_future(),
+                )
+                .await;
+            }
+        }
     }
 }
 

@@ -1376,6 +1376,9 @@ mod tests {
         let details = doc! {"keyPattern": {"_id": 1}, "keyValue": {"_id": "x"}};
         assert_eq!(duplicate_on_id("E11000", Some(&details)), Some(true));
         let details = doc! {"keyPattern": {"id": 1}, "keyValue": {"id": "x"}};
-        assert_eq!(duplicate_on_id(&msg("_id_", "_id"), Some(&details)), Some(false));
+        assert_eq!(
+            duplicate_on_id(&msg("_id_", "_id"), Some(&details)),
+            Some(false)
+        );
     }
 }

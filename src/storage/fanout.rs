@@ -149,9 +149,11 @@ mod tests {
         assert!(combine(vec![Err(rejected()), Err(unavailable())])
             .unwrap_err()
             .is_retriable());
-        assert!(combine(vec![Err(rejected()), Ok(Inserted), Err(unavailable())])
-            .unwrap_err()
-            .is_retriable());
+        assert!(
+            combine(vec![Err(rejected()), Ok(Inserted), Err(unavailable())])
+                .unwrap_err()
+                .is_retriable()
+        );
         // Only when every failure is permanent is the event permanent.
         assert!(!combine(vec![Ok(Inserted), Err(rejected())])
             .unwrap_err()

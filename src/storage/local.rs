@@ -81,7 +81,10 @@ impl Row {
 }
 
 enum WriteJob {
-    Save { docs: Vec<Row>, reply: Reply },
+    Save {
+        docs: Vec<Row>,
+        reply: Reply,
+    },
     /// The readiness probe: a write transaction on the write connection, rolled back.
     Probe(oneshot::Sender<Result<(), StorageError>>),
 }
@@ -359,10 +362,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
 }
 
 /// Commits every document of `jobs` in one transaction; one result per document, in order.
-fn commit_group(
-    conn: &mut Connection,
-    jobs: &[SaveJob],
-) -> Vec<Result<SaveOutcome, StorageError>> {
+fn commit_group(conn: &mut Connection, jobs: &[SaveJob]) -> Vec<Result<SaveOutcome, StorageError>> {
     let total: usize = jobs.iter().map(|j| j.docs.len()).sum();
     let mut attempt = || -> Result<Vec<Result<SaveOutcome, StorageError>>, rusqlite::Error> {
         let tx = conn.transaction()?;
@@ -394,9 +394,9 @@ fn commit_group(
                     Ok(changed) => changed,
                     // About this document only (the statement failed, the transaction goes on).
                     Err(e) if is_document_error(&e) => {
-                        out.push(Err(sql_err(e).map_message(|m| {
-                            format!("document {} refused: {m}", doc.id)
-                        })));
+                        out.push(Err(
+                            sql_err(e).map_message(|m| format!("document {} refused: {m}", doc.id))
+                        ));
                         continue;
                     }
                     Err(e) => return Err(e),

@@ -565,9 +565,15 @@ mod tests {
                 Source::Http,
             )
         };
-        let a = mk(json!({"id": "PR-1", "status": "pending", "asset": {"a": 1, "b": [1, {"x": 1, "y": 2}]}}));
-        let b = mk(json!({"asset": {"b": [1, {"y": 2, "x": 1}], "a": 1}, "status": "pending", "id": "PR-1"}));
-        let c = mk(json!({"id": "PR-1", "status": "pending", "asset": {"a": 2, "b": [1, {"x": 1, "y": 2}]}}));
+        let a = mk(
+            json!({"id": "PR-1", "status": "pending", "asset": {"a": 1, "b": [1, {"x": 1, "y": 2}]}}),
+        );
+        let b = mk(
+            json!({"asset": {"b": [1, {"y": 2, "x": 1}], "a": 1}, "status": "pending", "id": "PR-1"}),
+        );
+        let c = mk(
+            json!({"id": "PR-1", "status": "pending", "asset": {"a": 2, "b": [1, {"x": 1, "y": 2}]}}),
+        );
         assert_eq!(content_id(&a), content_id(&b));
         assert_ne!(content_id(&a), content_id(&c));
         // Another event type with the same object is another document.
@@ -638,10 +644,24 @@ mod tests {
             changes.push(health.record("local", &down()));
         });
         use HealthChange::*;
-        let failing = || Failing("local storage unavailable: attempt to write a readonly database".into());
+        let failing =
+            || Failing("local storage unavailable: attempt to write a readonly database".into());
         assert_eq!(
             changes,
-            vec![Same, Same, failing(), Same, Same, Same, Same, Same, Recovered, Same, Same, failing()]
+            vec![
+                Same,
+                Same,
+                failing(),
+                Same,
+                Same,
+                Same,
+                Same,
+                Same,
+                Recovered,
+                Same,
+                Same,
+                failing()
+            ]
         );
         let errors: Vec<_> = log.lines().filter(|l| l.contains("ERROR")).collect();
         assert_eq!(errors.len(), 2, "one ERROR per change to failing:\n{log}");
@@ -650,7 +670,9 @@ mod tests {
         assert_eq!(infos.len(), 1, "one INFO per recovery:\n{log}");
         assert!(infos[0].contains("storage recovered"), "{log}");
         assert!(
-            !log.lines().any(|l| l.contains("WARN") || l.contains("ERROR") && !l.contains("storage failing")),
+            !log.lines().any(
+                |l| l.contains("WARN") || l.contains("ERROR") && !l.contains("storage failing")
+            ),
             "{log}"
         );
     }

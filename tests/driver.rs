@@ -296,6 +296,35 @@ async fn a_duplicate_on_another_unique_index_is_rejected_not_counted_as_stored()
     db.drop_db().await;
 }
 
+/// Item 6: a duplicate that comes with a write-concern error is not known to be durable (the
+/// earlier write may not have replicated): retriable, not `Duplicate`. The fault: write concern
+/// `2` on the single-node test server ("Not enough data-bearing nodes").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_with_a_write_concern_error_is_retriable() {
+    let Some(uri) = mongo_uri() else { return };
+    let db = Db::open(&uri, "dup_wc").await;
+    let stored = sample_doc(&unique("PR"), "pending", "u");
+    assert_eq!(db.store.save(&stored).await.unwrap(), SaveOutcome::Inserted);
+    let name = db.name.clone();
+    let unsatisfiable = Db::open_with(&uri, "unused", |s| {
+        s.storage.database = name;
+        s.storage.driver.write_concern = "2".into();
+        s.storage.driver.operation_timeout_ms = 10_000;
+    })
+    .await;
+    let new = sample_doc(&unique("PR"), "pending", "u");
+    let results = unsatisfiable
+        .store
+        .save_many(&[stored.clone(), new.clone()])
+        .await;
+    for (what, r) in [("the duplicate", &results[0]), ("the new one", &results[1])] {
+        let err = r.as_ref().expect_err(what);
+        assert!(err.is_retriable(), "{what}: {err}");
+        assert!(err.to_string().contains("write concern"), "{what}: {err}");
+    }
+    db.drop_db().await;
+}
+
 /// Item 4: with several backends, a retriable error on any one makes the event retriable — here
 /// the driver refuses the document for good (over 16 MiB) while the local store is read-only (a
 /// store fault): the event must be redelivered, not failed.

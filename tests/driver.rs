@@ -242,6 +242,121 @@ async fn an_oversized_document_is_rejected_without_failing_its_neighbours() {
     db.drop_db().await;
 }
 
+/// Item 6: only a duplicate on `_id` is a redelivery. A duplicate on another unique index (the
+/// user's own index on `id`) is a different document refused by the database: `Rejected` with the
+/// reason, answered `fail` — never counted as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_on_another_unique_index_is_rejected_not_counted_as_stored() {
+    let Some(uri) = mongo_uri() else { return };
+    let db = Db::open(&uri, "dup_other_index").await;
+    db.store
+        .collection()
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"id": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .name("user_unique_id".to_string())
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+    let object_id = unique("PR");
+    let first = sample_doc(&object_id, "pending", "u1");
+    let second = sample_doc(&object_id, "approved", "u2"); // another `_id`, the same `id`
+    assert_ne!(first.id, second.id);
+    assert_eq!(db.store.save(&first).await.unwrap(), SaveOutcome::Inserted);
+    let err = db.store.save(&second).await.unwrap_err();
+    assert!(matches!(err, StorageError::Rejected { .. }), "{err:?}");
+    assert!(err.to_string().contains("user_unique_id"), "{err}");
+    // In a batch too, without failing its neighbours; a real redelivery is still a duplicate.
+    let other = sample_doc(&unique("PR"), "pending", "u");
+    let results = db
+        .store
+        .save_many(&[first.clone(), second.clone(), other.clone()])
+        .await;
+    assert_eq!(results[0].as_ref().unwrap(), &SaveOutcome::Duplicate);
+    assert!(
+        matches!(results[1], Err(StorageError::Rejected { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(results[2].as_ref().unwrap(), &SaveOutcome::Inserted);
+    // Through the persist handler: `fail` with the reason.
+    let mut event = purchase_event(&object_id, "u3");
+    event.object["id"] = json!(object_id);
+    match persist_handler(db.storage()).handle(&event).await {
+        Outcome::Fail { message, .. } => assert!(message.contains("user_unique_id"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(db.count(doc! {}).await, 2);
+    db.drop_db().await;
+}
+
+/// Item 6: a duplicate that comes with a write-concern error is not known to be durable (the
+/// earlier write may not have replicated): retriable, not `Duplicate`. The fault: write concern
+/// `2` on the single-node test server ("Not enough data-bearing nodes").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_with_a_write_concern_error_is_retriable() {
+    let Some(uri) = mongo_uri() else { return };
+    let db = Db::open(&uri, "dup_wc").await;
+    let stored = sample_doc(&unique("PR"), "pending", "u");
+    assert_eq!(db.store.save(&stored).await.unwrap(), SaveOutcome::Inserted);
+    let name = db.name.clone();
+    let unsatisfiable = Db::open_with(&uri, "unused", |s| {
+        s.storage.database = name;
+        s.storage.driver.write_concern = "2".into();
+        s.storage.driver.operation_timeout_ms = 10_000;
+    })
+    .await;
+    let new = sample_doc(&unique("PR"), "pending", "u");
+    let results = unsatisfiable
+        .store
+        .save_many(&[stored.clone(), new.clone()])
+        .await;
+    for (what, r) in [("the duplicate", &results[0]), ("the new one", &results[1])] {
+        let err = r.as_ref().expect_err(what);
+        assert!(err.is_retriable(), "{what}: {err}");
+        assert!(err.to_string().contains("write concern"), "{what}: {err}");
+    }
+    db.drop_db().await;
+}
+
+/// Item 4: with several backends, a retriable error on any one makes the event retriable — here
+/// the driver refuses the document for good (over 16 MiB) while the local store is read-only (a
+/// store fault): the event must be redelivered, not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_a_store_fault_on_one_backend_wins_over_a_refusal_by_another() {
+    let Some(uri) = mongo_uri() else { return };
+    let driver = Db::open(&uri, "fanout_mixed").await;
+    let dir = tempfile::tempdir().unwrap();
+    LocalStorage::open(dir.path()).unwrap().close().await;
+    let read_only: Arc<dyn Storage> =
+        Arc::new(LocalStorage::open_with_read_only_writer(dir.path()).unwrap());
+    for backends in [
+        vec![driver.storage(), read_only.clone()],
+        vec![read_only.clone(), driver.storage()],
+    ] {
+        let fanout: Arc<dyn Storage> = Arc::new(FanOut::new(backends, 0));
+        let mut event = purchase_event(&unique("PR"), "u");
+        event.object["blob"] = json!("x".repeat(17 * 1024 * 1024));
+        let doc = EventDocument::from_event(&event, IdStrategy::State);
+        let err = fanout.save(&doc).await.unwrap_err();
+        assert!(err.is_retriable(), "{err}");
+        match persist_handler(fanout.clone()).handle(&event).await {
+            Outcome::Reschedule { message, .. } => {
+                assert!(message.contains("local storage"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    read_only.close().await;
+    driver.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_per_process_rebuilt_only_when_its_settings_change() {
     let Some(uri) = mongo_uri() else { return };

@@ -2,7 +2,9 @@
 //!
 //! An event is answered `success` only after its document is committed (or was already there: a
 //! redelivery). A transient storage error becomes `reschedule` so Connect redelivers it later;
-//! a permanent one (the backend refused the document) becomes `fail` with the reason.
+//! a permanent one (the backend refused the document) becomes `fail` with the reason. Every result
+//! feeds the storage health state ([`SharedStorage::record_save`]), which logs a change of state at
+//! ERROR/INFO once.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,6 +67,7 @@ impl PersistHandler {
         let storage = self.storage.current();
         let started = Instant::now();
         let result = storage.save(&doc).await;
+        self.storage.record_save(storage.name(), &result);
         self.metrics
             .observe_storage(storage.name(), "save", result.is_ok(), started.elapsed());
         match result {

@@ -2,7 +2,7 @@
 //!
 //! | idempotent save | bulk | ordering | durability |
 //! |---|---|---|---|
-//! | yes: deterministic `_id`, duplicate key (11000) = [`SaveOutcome::Duplicate`] | group commit into `insert_many(ordered = false)` | newest first by received time | write concern `DRIVER_WRITE_CONCERN` (default `majority`) |
+//! | yes: deterministic `_id`, duplicate key (11000) on `_id` = [`SaveOutcome::Duplicate`] | group commit into `insert_many(ordered = false)` | newest first by received time | write concern `DRIVER_WRITE_CONCERN` (default `majority`) |
 //!
 //! **Connection.** `MONGODB_URI` (any scheme and options: replica sets, TLS, `authSource`,
 //! `retryWrites`…) wins when set; otherwise the tutorial's form
@@ -40,8 +40,10 @@
 //! `DRIVER_BATCH_WAIT_MS` have passed, and sends them as one `insert_many(ordered = false)`; up to
 //! [`IN_FLIGHT_BATCHES`] batches are in flight at once, and while they are, new saves queue up and
 //! form the next (bigger) batch. Each document gets its own outcome from the per-document write
-//! errors: 11000 → `Duplicate`; another code → [`classify_code`]; a write-concern error →
-//! retriable for every document of the batch that was not a duplicate. A batch-level error that
+//! errors: a duplicate key on `_id` → `Duplicate` (see [`duplicate_on_id`]); a duplicate key on any
+//! other unique index (a user's own index) → `Rejected` with the reason, never counted as stored;
+//! another code → [`classify_code`]; a write-concern error → retriable for every document of the
+//! batch not refused for good, duplicates included (not yet durable). A batch-level error that
 //! is permanent (not transient) is retried one document at a time, so one bad document cannot
 //! fail its neighbours. A document over 16 MiB is refused before it is queued.
 //!
@@ -85,6 +87,10 @@ pub const IN_FLIGHT_BATCHES: usize = 2;
 /// The BSON `Date` copy of the receive time, inside `_connect` (removed on read-back).
 pub const RECEIVED_DATE: &str = "received_date";
 const QUEUE_CAPACITY: usize = 8192;
+/// Longest `close` waits for queued and in-flight batches.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `close` waits for the client's shutdown (`Client::shutdown`).
+pub const CLIENT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
 // Connection string
@@ -220,6 +226,18 @@ struct ClientHandle {
 
 static CLIENTS: tokio::sync::Mutex<Vec<(ClientKey, Weak<ClientHandle>)>> =
     tokio::sync::Mutex::const_new(Vec::new());
+
+/// When `handle` has no other user (no other backend holds it), takes it out of the cache — no
+/// later `connect` can pick it up — and returns its client, to be shut down.
+async fn release_client(handle: &Arc<ClientHandle>) -> Option<Client> {
+    let mut clients = CLIENTS.lock().await;
+    if Arc::strong_count(handle) > 1 {
+        return None;
+    }
+    let ours = Arc::downgrade(handle);
+    clients.retain(|(_, weak)| weak.strong_count() > 0 && !weak.ptr_eq(&ours));
+    Some(handle.client.clone())
+}
 
 async fn shared_client(
     target: &Target,
@@ -609,7 +627,7 @@ impl Writer {
         match result {
             Ok(_) => vec![Ok(SaveOutcome::Inserted); n],
             Err(e) => match e.kind.as_ref() {
-                ErrorKind::InsertMany(failure) => self.per_document(n, failure),
+                ErrorKind::InsertMany(failure) => self.per_document(docs, failure).await,
                 _ => {
                     let err = scrub_error(classify(&e), &self.secrets);
                     if err.is_retriable() || n == 1 {
@@ -631,32 +649,100 @@ impl Writer {
         }
     }
 
-    fn per_document(&self, n: usize, failure: &InsertManyError) -> Results {
-        let mut out: Vec<Option<Result<SaveOutcome, StorageError>>> = vec![None; n];
-        for we in failure.write_errors.iter().flatten() {
-            if let Some(slot) = out.get_mut(we.index) {
-                *slot = Some(if is_duplicate_key(we.code) {
-                    Ok(SaveOutcome::Duplicate)
-                } else {
-                    let name = we.code_name.as_deref().unwrap_or("");
-                    Err(scrub_error(
-                        classify_code(we.code, format!("{} {name}: {}", we.code, we.message)),
-                        &self.secrets,
-                    ))
-                });
-            }
-        }
-        let rest = match &failure.write_concern_error {
-            Some(w) => Err(scrub_error(
+    /// One result per document from an `insert_many` failure: a duplicate on `_id` is
+    /// `Duplicate` (a redelivery), a duplicate on any other unique index is `Rejected` with the
+    /// reason, other write errors are classified by code; when the batch also carries a
+    /// write-concern error, every document not refused for good — duplicates included (their
+    /// earlier write may not be durable either) — gets that retriable error.
+    async fn per_document(&self, docs: &[&RawDocumentBuf], failure: &InsertManyError) -> Results {
+        let n = docs.len();
+        let concern = failure.write_concern_error.as_ref().map(|w| {
+            scrub_error(
                 write_concern_error(w.code, format!("{} {}: {}", w.code, w.code_name, w.message)),
                 &self.secrets,
-            )),
+            )
+        });
+        let mut out: Vec<Option<Result<SaveOutcome, StorageError>>> = vec![None; n];
+        for we in failure.write_errors.iter().flatten() {
+            let Some(slot) = out.get_mut(we.index) else {
+                continue;
+            };
+            let name = we.code_name.as_deref().unwrap_or("");
+            let message = || format!("{} {name}: {}", we.code, we.message);
+            *slot = Some(if is_duplicate_key(we.code) {
+                // Another index (or none named): a redelivery still collides on `_id` too, but
+                // the server names only one index — look the `_id` up.
+                let on_id = match duplicate_on_id(&we.message, we.details.as_ref()) {
+                    Some(true) => Ok(true),
+                    _ => self.id_stored(docs[we.index]).await,
+                };
+                match (on_id, &concern) {
+                    (Ok(true), Some(wc)) => Err(wc.clone()),
+                    (Ok(true), None) => Ok(SaveOutcome::Duplicate),
+                    (Ok(false), _) => Err(scrub_error(
+                        StorageError::Rejected {
+                            backend: BACKEND,
+                            message: format!(
+                                "the document collides with a stored one on a unique index other than `_id` (not a redelivery): {}",
+                                message()
+                            ),
+                        },
+                        &self.secrets,
+                    )),
+                    (Err(e), _) => Err(e),
+                }
+            } else {
+                Err(scrub_error(
+                    classify_code(we.code, message()),
+                    &self.secrets,
+                ))
+            });
+        }
+        let rest = match concern {
+            Some(wc) => Err(wc),
             None => Ok(SaveOutcome::Inserted),
         };
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| rest.clone()))
             .collect()
     }
+
+    /// Whether a document with the `_id` of `doc` is stored (a failed look-up is retriable).
+    async fn id_stored(&self, doc: &RawDocumentBuf) -> Result<bool, StorageError> {
+        let id = doc
+            .get("_id")
+            .ok()
+            .flatten()
+            .and_then(|v| Bson::try_from(v).ok())
+            .ok_or_else(|| StorageError::Internal {
+                backend: BACKEND,
+                message: "a stored document without `_id`".into(),
+            })?;
+        let lookup = self.coll.count_documents(doc! {"_id": id}).limit(1);
+        match tokio::time::timeout(self.op_timeout, lookup).await {
+            Ok(Ok(found)) => Ok(found > 0),
+            Ok(Err(e)) => Err(scrub_error(classify(&e), &self.secrets)),
+            Err(_) => Err(self.timeout_error()),
+        }
+    }
+}
+
+/// Which unique index a duplicate-key error is about: `Some(true)` for `_id` (its `keyPattern`
+/// in the error details, or the index name `_id_` / the key `_id` in the server's message),
+/// `Some(false)` for another index, `None` when the error does not say.
+pub fn duplicate_on_id(message: &str, details: Option<&Document>) -> Option<bool> {
+    if let Some(pattern) = details.and_then(|d| d.get_document("keyPattern").ok()) {
+        return Some(pattern.len() == 1 && pattern.contains_key("_id"));
+    }
+    if let Some((_, rest)) = message.split_once("index: ") {
+        let name = rest.split_whitespace().next().unwrap_or_default();
+        return Some(name == "_id_");
+    }
+    if let Some((_, rest)) = message.split_once("dup key: {") {
+        let key = rest.split(':').next().unwrap_or_default().trim();
+        return Some(key.trim_matches('"') == "_id");
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -987,11 +1073,37 @@ impl Storage for DriverStorage {
         // Dropping the sender lets the batcher send what is queued, then exit.
         drop(self.tx.lock().expect("driver tx lock").take());
         let batcher = self.batcher.lock().expect("driver batcher lock").take();
-        if let Some(batcher) = batcher {
-            let _ = batcher.await;
+        let drain = async {
+            if let Some(batcher) = batcher {
+                let _ = batcher.await;
+            }
+            // Wait for the batches still in flight.
+            let _ = self.in_flight.acquire_many(IN_FLIGHT_BATCHES as u32).await;
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, drain).await.is_err() {
+            tracing::warn!(
+                timeout_ms = CLOSE_TIMEOUT.as_millis() as u64,
+                "driver storage: batches still in flight at the close timeout; their events were not answered success, so they are redelivered"
+            );
         }
-        // Wait for the batches still in flight.
-        let _ = self.in_flight.acquire_many(IN_FLIGHT_BATCHES as u32).await;
+        // The last user of the pooled client shuts it down, so that no driver task is left to
+        // run (or panic) while the runtime is torn down.
+        if let Some(client) = release_client(&self.handle).await {
+            if tokio::time::timeout(CLIENT_SHUTDOWN_TIMEOUT, client.clone().shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    timeout_ms = CLIENT_SHUTDOWN_TIMEOUT.as_millis() as u64,
+                    "driver storage: the client did not shut down in time; closing it immediately"
+                );
+                let _ = tokio::time::timeout(
+                    CLIENT_SHUTDOWN_TIMEOUT,
+                    client.shutdown().immediate(true).into_future(),
+                )
+                .await;
+            }
+        }
     }
 }
 
@@ -1241,5 +1353,32 @@ mod tests {
         }
         assert!(is_duplicate_key(11000));
         assert!(!is_duplicate_key(121));
+    }
+
+    #[test]
+    fn only_a_duplicate_on_the_id_index_is_a_redelivery() {
+        let msg = |index: &str, key: &str| {
+            format!("E11000 duplicate key error collection: db.c index: {index} dup key: {{ {key}: \"x\" }}")
+        };
+        assert_eq!(duplicate_on_id(&msg("_id_", "_id"), None), Some(true));
+        assert_eq!(duplicate_on_id(&msg("id_1", "id"), None), Some(false));
+        assert_eq!(duplicate_on_id(&msg("_id_1", "_id"), None), Some(false));
+        assert_eq!(
+            duplicate_on_id("E11000 duplicate key error dup key: { _id: \"x\" }", None),
+            Some(true)
+        );
+        assert_eq!(
+            duplicate_on_id("E11000 duplicate key error dup key: { \"id\": 1 }", None),
+            Some(false)
+        );
+        assert_eq!(duplicate_on_id("E11000 duplicate key error", None), None);
+        // keyPattern in the details wins over the message.
+        let details = doc! {"keyPattern": {"_id": 1}, "keyValue": {"_id": "x"}};
+        assert_eq!(duplicate_on_id("E11000", Some(&details)), Some(true));
+        let details = doc! {"keyPattern": {"id": 1}, "keyValue": {"id": "x"}};
+        assert_eq!(
+            duplicate_on_id(&msg("_id_", "_id"), Some(&details)),
+            Some(false)
+        );
     }
 }

@@ -3,6 +3,11 @@
 //! partial failure returns the error, the event is answered `reschedule`, and the redelivery is
 //! written to all backends again — safe, because `_id`s are deterministic and a backend that already
 //! has the document reports `Duplicate`. Reads are served by the primary backend.
+//!
+//! **A retriable error on any backend makes the event retriable**, even when another backend
+//! refused the document for good: one backend's outage (or its credentials) must not turn the
+//! event into a `fail` that Connect never redelivers. Only when every failing backend refused the
+//! document is the event answered `fail`.
 
 use std::sync::Arc;
 
@@ -33,21 +38,23 @@ impl FanOut {
 }
 
 /// Combines one document's results from every backend: all must succeed; `Inserted` when any
-/// backend inserted; on failure a permanent error wins over a retriable one (retrying cannot help).
+/// backend inserted; on failure a retriable error wins over a permanent one (the event must be
+/// redelivered rather than lost).
 fn combine(results: Vec<Result<SaveOutcome, StorageError>>) -> Result<SaveOutcome, StorageError> {
     let mut outcome = SaveOutcome::Duplicate;
     let mut retriable: Option<StorageError> = None;
+    let mut permanent: Option<StorageError> = None;
     for r in results {
         match r {
             Ok(SaveOutcome::Inserted) => outcome = SaveOutcome::Inserted,
             Ok(SaveOutcome::Duplicate) => {}
             Err(e) if e.is_retriable() => retriable = retriable.or(Some(e)),
-            Err(e) => return Err(e),
+            Err(e) => permanent = permanent.or(Some(e)),
         }
     }
-    match retriable {
-        Some(e) => Err(e),
-        None => Ok(outcome),
+    match (retriable, permanent) {
+        (Some(e), _) | (None, Some(e)) => Err(e),
+        (None, None) => Ok(outcome),
     }
 }
 
@@ -135,7 +142,23 @@ mod tests {
         assert!(combine(vec![Ok(Inserted), Err(unavailable())])
             .unwrap_err()
             .is_retriable());
-        assert!(!combine(vec![Err(unavailable()), Err(rejected())])
+        // A retriable error on any backend makes the event retriable, in any order.
+        assert!(combine(vec![Err(unavailable()), Err(rejected())])
+            .unwrap_err()
+            .is_retriable());
+        assert!(combine(vec![Err(rejected()), Err(unavailable())])
+            .unwrap_err()
+            .is_retriable());
+        assert!(
+            combine(vec![Err(rejected()), Ok(Inserted), Err(unavailable())])
+                .unwrap_err()
+                .is_retriable()
+        );
+        // Only when every failure is permanent is the event permanent.
+        assert!(!combine(vec![Ok(Inserted), Err(rejected())])
+            .unwrap_err()
+            .is_retriable());
+        assert!(!combine(vec![Err(rejected()), Err(rejected())])
             .unwrap_err()
             .is_retriable());
     }

@@ -14,10 +14,22 @@
 //! being fsync'ed; the writer then takes everything queued (up to [`MAX_GROUP`] documents) into the
 //! next transaction. Throughput grows with concurrency while each `save` still returns only after
 //! its own document is durable.
+//!
+//! **Errors.** Every SQLite error about the store — `READONLY` (a read-only remount), `CORRUPT`,
+//! `NOTADB`, `NOMEM`, `PERM`, `IOERR`, `FULL`, `CANTOPEN`, `BUSY`, `LOCKED`, `PROTOCOL`… — is
+//! [`StorageError::Unavailable`] (the event is redelivered, nothing lost); only an error about the
+//! document itself (`TOOBIG`, a body that cannot be encoded) is [`StorageError::Rejected`], and
+//! only for that document, never its neighbours in the group. A save that gets no answer from the
+//! writer within its bound ([`SAVE_TIMEOUT`]) is a retriable [`StorageError::Timeout`].
+//!
+//! **Readiness.** [`Storage::ping`] probes what a save needs: `BEGIN IMMEDIATE`, a write statement
+//! that changes nothing, `ROLLBACK` on the write connection, through the writer thread (bounded by [`PING_TIMEOUT`]), plus a read.
+//! `close` waits for queued writes at most [`CLOSE_TIMEOUT`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -30,6 +42,16 @@ const BACKEND: &str = "local";
 /// Most documents committed in one transaction.
 pub const MAX_GROUP: usize = 1024;
 const FILE_NAME: &str = "events.sqlite3";
+/// Longest a save waits for the writer (queueing, SQLite's 5 s busy timeout, the fsync) before it
+/// is answered with a retriable [`StorageError::Timeout`] (the document may still be committed
+/// later: the deterministic `_id` makes the redelivery a duplicate).
+pub const SAVE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest the readiness write probe waits for the writer.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest `close` waits for the writer to finish what is queued.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long SQLite itself retries a locked database.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Reply = oneshot::Sender<Vec<Result<SaveOutcome, StorageError>>>;
 
@@ -58,9 +80,13 @@ impl Row {
     }
 }
 
-struct WriteJob {
-    docs: Vec<Row>,
-    reply: Reply,
+enum WriteJob {
+    Save {
+        docs: Vec<Row>,
+        reply: Reply,
+    },
+    /// The readiness probe: a write transaction on the write connection, rolled back.
+    Probe(oneshot::Sender<Result<(), StorageError>>),
 }
 
 pub struct LocalStorage {
@@ -68,20 +94,32 @@ pub struct LocalStorage {
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
+    save_timeout: Duration,
 }
 
-fn sql_err(e: rusqlite::Error) -> StorageError {
-    use rusqlite::ErrorCode::*;
+/// Whether a SQLite error is about the document being inserted (permanent for that document)
+/// rather than about the store (retriable).
+fn is_document_error(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::TooBig)
+}
+
+/// Classifies a SQLite error: only `TOOBIG` is about the document; every other SQLite code
+/// (read-only, corrupt, not a database, out of memory, permission, I/O, full, cannot open, busy,
+/// locked, protocol…) is about the store and retriable; anything else is `Internal` (retriable).
+pub fn sql_err(e: rusqlite::Error) -> StorageError {
     let message = e.to_string();
+    if is_document_error(&e) {
+        return StorageError::Rejected {
+            backend: BACKEND,
+            message,
+        };
+    }
     match e.sqlite_error_code() {
-        // Busy/locked/disk-full/IO problems can go away: try again later.
-        Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | CannotOpen) => {
-            StorageError::Unavailable {
-                backend: BACKEND,
-                message,
-            }
-        }
-        _ => StorageError::Internal {
+        Some(_) => StorageError::Unavailable {
+            backend: BACKEND,
+            message,
+        },
+        None => StorageError::Internal {
             backend: BACKEND,
             message,
         },
@@ -107,6 +145,26 @@ CREATE INDEX IF NOT EXISTS events_by_time   ON events (received_ns);
 impl LocalStorage {
     /// Opens (creating if needed) the database in directory `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_inner(dir, false)
+    }
+
+    /// Test support: opens an existing database in `dir` with the *write* connection opened
+    /// read-only by SQLite (`SQLITE_OPEN_READONLY`), as after a read-only remount — every save
+    /// then fails with SQLite's `READONLY`. (Tests may run as root, where `chmod` cannot make the
+    /// file read-only.)
+    #[doc(hidden)]
+    pub fn open_with_read_only_writer(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_inner(dir, true)
+    }
+
+    /// Sets how long a save waits for the writer before it is answered with a retriable
+    /// [`StorageError::Timeout`] (default [`SAVE_TIMEOUT`]).
+    pub fn with_save_timeout(mut self, timeout: Duration) -> Self {
+        self.save_timeout = timeout;
+        self
+    }
+
+    fn open_inner(dir: &Path, read_only_writer: bool) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::Config {
             backend: BACKEND,
             message: format!(
@@ -119,27 +177,31 @@ impl LocalStorage {
             backend: BACKEND,
             message: format!("cannot open {} (LOCAL_DATA_DIR): {e}", path.display()),
         };
-        let write = Connection::open(&path).map_err(open_err)?;
-        write
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
+        let write = if read_only_writer {
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(open_err)?
+        } else {
+            let write = Connection::open(&path).map_err(open_err)?;
+            write
+                .pragma_update(None, "journal_mode", "WAL")
+                .map_err(open_err)?;
+            write
+        };
         write
             .pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
-        write
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
+        write.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         tune(&write).map_err(open_err)?;
-        write.execute_batch(SCHEMA).map_err(open_err)?;
+        if !read_only_writer {
+            write.execute_batch(SCHEMA).map_err(open_err)?;
+        }
 
         let reader = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(open_err)?;
-        reader
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         tune(&reader).map_err(open_err)?;
 
         let (tx, rx) = mpsc::channel::<WriteJob>(4096);
@@ -155,6 +217,7 @@ impl LocalStorage {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
+            save_timeout: SAVE_TIMEOUT,
         })
     }
 
@@ -163,20 +226,67 @@ impl LocalStorage {
         &self.path
     }
 
-    async fn submit(&self, docs: Vec<Row>) -> Vec<Result<SaveOutcome, StorageError>> {
-        let n = docs.len();
-        let closed = || StorageError::Unavailable {
+    fn closed() -> StorageError {
+        StorageError::Unavailable {
             backend: BACKEND,
             message: "the store is shutting down".into(),
-        };
+        }
+    }
+
+    async fn submit(&self, docs: Vec<Row>) -> Vec<Result<SaveOutcome, StorageError>> {
+        let n = docs.len();
         let Some(tx) = self.writer.lock().expect("writer lock").clone() else {
-            return vec![Err(closed()); n];
+            return vec![Err(Self::closed()); n];
         };
         let (reply, rx) = oneshot::channel();
-        if tx.send(WriteJob { docs, reply }).await.is_err() {
-            return vec![Err(closed()); n];
+        let wait = async {
+            if tx.send(WriteJob::Save { docs, reply }).await.is_err() {
+                return vec![Err(Self::closed()); n];
+            }
+            rx.await.unwrap_or_else(|_| vec![Err(Self::closed()); n])
+        };
+        match tokio::time::timeout(self.save_timeout, wait).await {
+            Ok(results) => results,
+            Err(_) => {
+                let err = StorageError::Timeout {
+                    backend: BACKEND,
+                    message: format!(
+                        "the SQLite writer did not answer within {} ms (database locked or the disk stalled); the document may be committed later",
+                        self.save_timeout.as_millis()
+                    ),
+                };
+                tracing::warn!(error = %err, documents = n, "local save timed out");
+                vec![Err(err); n]
+            }
         }
-        rx.await.unwrap_or_else(|_| vec![Err(closed()); n])
+    }
+
+    /// The write probe ([`write_probe`]) on the write connection, through the writer thread,
+    /// bounded by [`PING_TIMEOUT`].
+    async fn probe_write(&self) -> Result<(), StorageError> {
+        let Some(tx) = self.writer.lock().expect("writer lock").clone() else {
+            return Err(StorageError::Unavailable {
+                backend: BACKEND,
+                message: "the store is closed".into(),
+            });
+        };
+        let (reply, rx) = oneshot::channel();
+        let wait = async {
+            if tx.send(WriteJob::Probe(reply)).await.is_err() {
+                return Err(Self::closed());
+            }
+            rx.await.unwrap_or_else(|_| Err(Self::closed()))
+        };
+        match tokio::time::timeout(PING_TIMEOUT, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Timeout {
+                backend: BACKEND,
+                message: format!(
+                    "the write probe got no answer from the SQLite writer within {} ms",
+                    PING_TIMEOUT.as_millis()
+                ),
+            }),
+        }
     }
 
     async fn read<T: Send + 'static>(
@@ -203,33 +313,56 @@ fn tune(c: &Connection) -> Result<(), rusqlite::Error> {
     Ok(())
 }
 
+/// `BEGIN IMMEDIATE`, a write statement that changes no row, `ROLLBACK`: takes the write lock and
+/// opens a write transaction as a save would, writes nothing. (`BEGIN IMMEDIATE` alone succeeds on
+/// a read-only database: SQLite downgrades it to a read transaction there.)
+fn write_probe(conn: &Connection) -> Result<(), StorageError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_err)?;
+    let probe = conn.execute_batch("DELETE FROM events WHERE 0");
+    let rollback = conn.execute_batch("ROLLBACK");
+    probe.map_err(sql_err)?;
+    rollback.map_err(sql_err)
+}
+
+struct SaveJob {
+    docs: Vec<Row>,
+    reply: Reply,
+}
+
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
     while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        let mut count = jobs[0].docs.len();
-        while count < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => {
-                    count += job.docs.len();
-                    jobs.push(job);
+        let mut jobs = Vec::new();
+        let mut probes = Vec::new();
+        let mut count = 0;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                WriteJob::Save { docs, reply } => {
+                    count += docs.len();
+                    jobs.push(SaveJob { docs, reply });
                 }
-                Err(_) => break,
+                WriteJob::Probe(reply) => probes.push(reply),
+            }
+            if count < MAX_GROUP {
+                next = rx.try_recv().ok();
             }
         }
-        let results = commit_group(&mut conn, &jobs);
-        let mut results = results.into_iter();
-        for job in jobs {
-            let mine: Vec<_> = results.by_ref().take(job.docs.len()).collect();
-            let _ = job.reply.send(mine);
+        if !jobs.is_empty() {
+            let results = commit_group(&mut conn, &jobs);
+            let mut results = results.into_iter();
+            for job in jobs {
+                let mine: Vec<_> = results.by_ref().take(job.docs.len()).collect();
+                let _ = job.reply.send(mine);
+            }
+        }
+        for probe in probes {
+            let _ = probe.send(write_probe(&conn));
         }
     }
 }
 
 /// Commits every document of `jobs` in one transaction; one result per document, in order.
-fn commit_group(
-    conn: &mut Connection,
-    jobs: &[WriteJob],
-) -> Vec<Result<SaveOutcome, StorageError>> {
+fn commit_group(conn: &mut Connection, jobs: &[SaveJob]) -> Vec<Result<SaveOutcome, StorageError>> {
     let total: usize = jobs.iter().map(|j| j.docs.len()).sum();
     let mut attempt = || -> Result<Vec<Result<SaveOutcome, StorageError>>, rusqlite::Error> {
         let tx = conn.transaction()?;
@@ -250,14 +383,24 @@ fn commit_group(
                         continue;
                     }
                 };
-                let changed = stmt.execute(params![
+                let changed = match stmt.execute(params![
                     doc.id,
                     doc.event_type,
                     doc.status,
                     doc.object_id,
                     doc.received_ns,
                     body
-                ])?;
+                ]) {
+                    Ok(changed) => changed,
+                    // About this document only (the statement failed, the transaction goes on).
+                    Err(e) if is_document_error(&e) => {
+                        out.push(Err(
+                            sql_err(e).map_message(|m| format!("document {} refused: {m}", doc.id))
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 out.push(Ok(if changed == 1 {
                     SaveOutcome::Inserted
                 } else {
@@ -272,7 +415,8 @@ fn commit_group(
         Ok(out) => out,
         Err(e) => {
             let err = sql_err(e);
-            tracing::error!(error = %err, documents = total, "local storage commit failed");
+            // Per-event: WARN (the storage health tracker logs the state change at ERROR once).
+            tracing::warn!(error = %err, documents = total, "local storage commit failed");
             vec![Err(err); total]
         }
     }
@@ -310,12 +454,7 @@ impl Storage for LocalStorage {
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
-        if self.writer.lock().expect("writer lock").is_none() {
-            return Err(StorageError::Unavailable {
-                backend: BACKEND,
-                message: "the store is closed".into(),
-            });
-        }
+        self.probe_write().await?;
         self.read(|c| c.query_row("SELECT count(*) FROM events WHERE 0", [], |_| Ok(())))
             .await
     }
@@ -359,7 +498,14 @@ impl Storage for LocalStorage {
         drop(self.writer.lock().expect("writer lock").take());
         let handle = self.writer_thread.lock().expect("writer lock").take();
         if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            let join = tokio::task::spawn_blocking(move || handle.join());
+            if tokio::time::timeout(CLOSE_TIMEOUT, join).await.is_err() {
+                tracing::warn!(
+                    timeout_ms = CLOSE_TIMEOUT.as_millis() as u64,
+                    "local storage: the writer did not finish within the close timeout; \
+                     saves still queued were not answered success, so they are redelivered"
+                );
+            }
         }
     }
 }
@@ -407,6 +553,86 @@ mod tests {
             store.get(&doc.id).await.unwrap().unwrap(),
             Value::Object(doc.body.clone())
         );
+    }
+
+    #[test]
+    fn only_errors_about_the_document_are_rejected() {
+        use rusqlite::ffi;
+        let err = |code: i32| {
+            sql_err(rusqlite::Error::SqliteFailure(
+                ffi::Error::new(code),
+                Some("x".into()),
+            ))
+        };
+        for code in [
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_NOMEM,
+            ffi::SQLITE_PERM,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_NOTADB,
+            ffi::SQLITE_PROTOCOL,
+            ffi::SQLITE_READONLY_DBMOVED,
+            ffi::SQLITE_IOERR_FSYNC,
+        ] {
+            let e = err(code);
+            assert!(
+                matches!(e, StorageError::Unavailable { .. }),
+                "{code}: {e:?}"
+            );
+        }
+        assert!(matches!(
+            err(ffi::SQLITE_TOOBIG),
+            StorageError::Rejected { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_read_only_database_is_retriable_and_not_ready() {
+        let (dir, store) = open_temp();
+        let doc = crate::storage::conformance::sample_doc("PR-RO", "pending", "u");
+        assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Inserted);
+        store.ping().await.unwrap();
+        store.close().await;
+
+        let ro = LocalStorage::open_with_read_only_writer(dir.path()).unwrap();
+        let other = crate::storage::conformance::sample_doc("PR-RO-2", "pending", "u");
+        let err = ro.save(&other).await.unwrap_err();
+        assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+        assert!(err.to_string().contains("readonly"), "{err}");
+        // The readiness probe writes: it sees the fault a read would not.
+        let err = ro.ping().await.unwrap_err();
+        assert!(err.is_retriable(), "{err}");
+        assert!(err.to_string().contains("readonly"), "{err}");
+        // Reads still work.
+        assert!(ro.get(&doc.id).await.unwrap().is_some());
+        ro.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_save_held_up_by_a_locked_database_times_out_retriably() {
+        let (dir, store) = open_temp();
+        let store = store.with_save_timeout(std::time::Duration::from_millis(300));
+        // Another process holds the write lock (SQLite's busy timeout is 5 s).
+        let other = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let doc = crate::storage::conformance::sample_doc("PR-LOCK", "pending", "u");
+        let err = store.save(&doc).await.unwrap_err();
+        assert!(matches!(err, StorageError::Timeout { .. }), "{err:?}");
+        assert!(err.is_retriable());
+        other.execute_batch("ROLLBACK").unwrap();
+        drop(other);
+        // The redelivery succeeds (the timed-out save may have been committed meanwhile).
+        let again = store.save(&doc).await.unwrap();
+        assert!(matches!(
+            again,
+            SaveOutcome::Inserted | SaveOutcome::Duplicate
+        ));
+        store.close().await;
     }
 
     #[tokio::test]

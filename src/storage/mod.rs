@@ -18,6 +18,11 @@
 //! **Errors.** [`StorageError::is_retriable`] is the one place that decides whether an event is
 //! answered `reschedule` (transient: try again later, nothing lost) or `fail` (permanent). Only
 //! [`StorageError::Rejected`] — about this document — is permanent.
+//!
+//! **Health.** [`SharedStorage`] keeps one health state fed by every save result and every
+//! readiness ping ([`SharedStorage::ping`]): the change healthy → failing is logged at ERROR once,
+//! with the (secret-free) reason; failing → healthy at INFO once; while it stays failing, each
+//! event logs at WARN at most. `/ready` answers 503 with the reason while the ping fails.
 
 pub mod bson_json;
 pub mod conformance;
@@ -27,7 +32,8 @@ pub mod driver;
 pub mod fanout;
 pub mod local;
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
@@ -134,6 +140,11 @@ pub fn format_timestamp(t: OffsetDateTime) -> String {
 }
 
 /// The document id for `event` under `strategy` (see `config/default.toml`, `id_strategy`).
+///
+/// `state`: `{object_id}:{status}:{updated}`; without `updated`, the `task` form; `task`:
+/// `{object_id}:{task_id}`; without a task id (an HTTP POST), the content form
+/// [`content_id`] — never a random id, so a retried POST is stored once. Only an explicitly
+/// configured `generated` is random.
 pub fn document_id(event: &Event, strategy: IdStrategy) -> String {
     match strategy {
         IdStrategy::State => match event.object.get("updated").and_then(Value::as_str) {
@@ -142,9 +153,58 @@ pub fn document_id(event: &Event, strategy: IdStrategy) -> String {
         },
         IdStrategy::Task => match &event.task_id {
             Some(task) => format!("{}:{}", event.object_id, task),
-            None => document_id(event, IdStrategy::Generated),
+            None => content_id(event),
         },
         IdStrategy::Generated => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// A deterministic id from the event's content: `{object_id}:{status}:sha256:{32 hex digits}`,
+/// the SHA-256 of the event type, the status and the canonical object (keys sorted at every
+/// level, compact JSON) — the same object, whatever its key order, gets the same id.
+pub fn content_id(event: &Event) -> String {
+    use sha2::{Digest, Sha256};
+    let mut canonical = String::new();
+    write_canonical(&event.object, &mut canonical);
+    let mut hasher = Sha256::new();
+    for part in [event.event_type.as_str(), event.status_str()] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.update(canonical.as_bytes());
+    let digest = hasher.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}:{}:sha256:{hex}", event.object_id, event.status_str())
+}
+
+/// Compact JSON with object keys sorted recursively.
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
     }
 }
 
@@ -286,16 +346,79 @@ pub trait Storage: Send + Sync + 'static {
     async fn close(&self) {}
 }
 
+/// A change of the storage's health (see [`Health::record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthChange {
+    /// Nothing changed.
+    Same,
+    /// Healthy → failing, with the reason (logged at ERROR, once).
+    Failing(String),
+    /// Failing → healthy (logged at INFO, once).
+    Recovered,
+}
+
+/// Whether the store works, fed by every save and ping result; logs each state change once.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// `Some(reason)` while failing.
+    failing: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// Records one result. A store fault (a retriable error) makes it failing; a success makes it
+    /// healthy; an error about a document ([`StorageError::Rejected`]) says nothing about the
+    /// store and changes nothing. Logs the change healthy → failing at ERROR and failing →
+    /// healthy at INFO, each once; a fault while already failing only updates the reason.
+    pub fn record<T>(&self, backend: &str, result: &Result<T, StorageError>) -> HealthChange {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(_) => match failing.take() {
+                Some(reason) => {
+                    tracing::info!(backend, previous_error = %reason, "storage recovered");
+                    HealthChange::Recovered
+                }
+                None => HealthChange::Same,
+            },
+            Err(e) if e.is_retriable() => {
+                let reason = e.to_string();
+                let change = if failing.is_none() {
+                    tracing::error!(backend, error = %reason, "storage failing: events are answered reschedule/503 until it recovers");
+                    HealthChange::Failing(reason.clone())
+                } else {
+                    tracing::debug!(backend, error = %reason, "storage still failing");
+                    HealthChange::Same
+                };
+                *failing = Some(reason);
+                change
+            }
+            Err(_) => HealthChange::Same,
+        }
+    }
+
+    /// Why the store is failing, if it is.
+    pub fn failing_reason(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// The storage in use, swappable at run time (live configuration from Connect): an event takes the
 /// current `Arc` once and finishes on it, even if a new backend is swapped in meanwhile.
 pub struct SharedStorage {
     current: RwLock<Arc<dyn Storage>>,
+    health: Health,
 }
 
 impl SharedStorage {
+    /// Longest [`SharedStorage::ping`] waits for the backend.
+    pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         Self {
             current: RwLock::new(storage),
+            health: Health::default(),
         }
     }
     pub fn current(&self) -> Arc<dyn Storage> {
@@ -304,6 +427,34 @@ impl SharedStorage {
     /// Installs `storage`; returns the previous one (which in-flight saves may still be using).
     pub fn replace(&self, storage: Arc<dyn Storage>) -> Arc<dyn Storage> {
         std::mem::replace(&mut *self.current.write().expect("storage lock"), storage)
+    }
+
+    /// The health state (fed by [`SharedStorage::record_save`] and [`SharedStorage::ping`]).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Records a save result of `backend` in the health state.
+    pub fn record_save(&self, backend: &str, result: &Result<SaveOutcome, StorageError>) {
+        self.health.record(backend, result);
+    }
+
+    /// Pings the current backend (bounded by [`SharedStorage::PING_TIMEOUT`]) and records the
+    /// result; the error is the reason, secret-free.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        let storage = self.current();
+        let result = match tokio::time::timeout(Self::PING_TIMEOUT, storage.ping()).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Timeout {
+                backend: storage.name(),
+                message: format!(
+                    "ping got no answer within {} ms",
+                    Self::PING_TIMEOUT.as_millis()
+                ),
+            }),
+        };
+        self.health.record(storage.name(), &result);
+        result
     }
 }
 
@@ -384,17 +535,145 @@ mod tests {
         let g2 = document_id(&e, IdStrategy::Generated);
         assert_ne!(g1, g2);
         assert_eq!(g1.len(), 36);
-        // fall-backs: no `updated` → task id; no task id either → generated
+        // fall-backs: no `updated` → task id; no task id either → the content hash, never random
         assert_eq!(
             document_id(&event(Some("TQ-9"), None), IdStrategy::State),
             "PR-1:TQ-9"
         );
-        assert_eq!(document_id(&event(None, None), IdStrategy::State).len(), 36);
+        for strategy in [IdStrategy::State, IdStrategy::Task] {
+            let a = document_id(&event(None, None), strategy);
+            let b = document_id(&event(None, None), strategy);
+            assert_eq!(a, b, "{strategy:?}");
+            assert!(a.starts_with("PR-1:pending:sha256:"), "{a}");
+            assert_eq!(a.len(), "PR-1:pending:sha256:".len() + 32, "{a}");
+        }
         // deterministic: the same event twice gives the same id
         let again = event(Some("TQ-2"), Some("2026-11-28T17:21:48+00:00"));
         assert_eq!(
             document_id(&e, IdStrategy::State),
             document_id(&again, IdStrategy::State)
+        );
+    }
+
+    #[test]
+    fn content_ids_ignore_key_order_and_see_every_value() {
+        let mk = |object: Value| {
+            Event::new(
+                EventType::AssetPurchaseRequestProcessing,
+                "PR-1",
+                object,
+                Source::Http,
+            )
+        };
+        let a = mk(
+            json!({"id": "PR-1", "status": "pending", "asset": {"a": 1, "b": [1, {"x": 1, "y": 2}]}}),
+        );
+        let b = mk(
+            json!({"asset": {"b": [1, {"y": 2, "x": 1}], "a": 1}, "status": "pending", "id": "PR-1"}),
+        );
+        let c = mk(
+            json!({"id": "PR-1", "status": "pending", "asset": {"a": 2, "b": [1, {"x": 1, "y": 2}]}}),
+        );
+        assert_eq!(content_id(&a), content_id(&b));
+        assert_ne!(content_id(&a), content_id(&c));
+        // Another event type with the same object is another document.
+        let mut d = a.clone();
+        d.event_type = EventType::AssetChangeRequestProcessing;
+        assert_ne!(content_id(&a), content_id(&d));
+        let mut out = String::new();
+        write_canonical(&json!({"b": 1, "a": {"d": "\n", "c": null}}), &mut out);
+        assert_eq!(out, r#"{"a":{"c":null,"d":"\n"},"b":1}"#);
+    }
+
+    /// Captures the log of `f` (all levels).
+    fn captured_log(f: impl FnOnce()) -> String {
+        use std::io::Write;
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn health_logs_each_state_change_once() {
+        let down = || -> Result<(), StorageError> {
+            Err(StorageError::Unavailable {
+                backend: "local",
+                message: "attempt to write a readonly database".into(),
+            })
+        };
+        let rejected = || -> Result<(), StorageError> {
+            Err(StorageError::Rejected {
+                backend: "local",
+                message: "too big".into(),
+            })
+        };
+        let health = Health::default();
+        let mut changes = Vec::new();
+        let log = captured_log(|| {
+            changes.push(health.record("local", &Ok(())));
+            changes.push(health.record("local", &rejected()));
+            for _ in 0..5 {
+                changes.push(health.record("local", &down()));
+            }
+            changes.push(health.record("local", &rejected()));
+            assert!(health
+                .failing_reason()
+                .unwrap()
+                .contains("readonly database"));
+            for _ in 0..3 {
+                changes.push(health.record("local", &Ok(())));
+            }
+            changes.push(health.record("local", &down()));
+        });
+        use HealthChange::*;
+        let failing =
+            || Failing("local storage unavailable: attempt to write a readonly database".into());
+        assert_eq!(
+            changes,
+            vec![
+                Same,
+                Same,
+                failing(),
+                Same,
+                Same,
+                Same,
+                Same,
+                Same,
+                Recovered,
+                Same,
+                Same,
+                failing()
+            ]
+        );
+        let errors: Vec<_> = log.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 2, "one ERROR per change to failing:\n{log}");
+        assert!(errors[0].contains("readonly database"), "{log}");
+        let infos: Vec<_> = log.lines().filter(|l| l.contains(" INFO ")).collect();
+        assert_eq!(infos.len(), 1, "one INFO per recovery:\n{log}");
+        assert!(infos[0].contains("storage recovered"), "{log}");
+        assert!(
+            !log.lines().any(
+                |l| l.contains("WARN") || l.contains("ERROR") && !l.contains("storage failing")
+            ),
+            "{log}"
         );
     }
 

@@ -97,6 +97,15 @@ impl TestApp {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// GET `path` with the token (if any) and `Host: host`.
+    async fn get_as(&self, host: &str, path: &str) -> reqwest::Response {
+        self.auth(self.client.get(self.url(path)))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn metrics(&self) -> String {
         self.client
             .get(self.url("/metrics"))
@@ -709,23 +718,16 @@ async fn a_foreign_host_is_refused_and_nothing_is_read_or_stored() {
         format!("127.0.0.1.evil.example:{port}"),
         format!("localhost.evil.example:{port}"),
     ] {
-        let resp = app
-            .client
-            .get(app.url("/events"))
-            .header("host", &host)
-            .send()
-            .await
-            .unwrap();
+        let resp = app.get_as(&host, "/events").await;
         assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST, "{host}");
         let text = resp.text().await.unwrap();
         assert!(!text.contains("PR-0000-0000-0042-001"), "{host}: {text}");
         let resp = app
-            .client
-            .get(app.url("/events/PR-0000-0000-0042-001:pending:2026-11-28T17:21:48+00:00"))
-            .header("host", &host)
-            .send()
-            .await
-            .unwrap();
+            .get_as(
+                &host,
+                "/events/PR-0000-0000-0042-001:pending:2026-11-28T17:21:48+00:00",
+            )
+            .await;
         assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST, "{host}");
         let mut other = fixture();
         other["id"] = json!("PR-FORGED-1");
@@ -750,24 +752,12 @@ async fn a_foreign_host_is_refused_and_nothing_is_read_or_stored() {
         format!("[::1]:{port}"),
         "[::1]".to_string(),
     ] {
-        let resp = app
-            .client
-            .get(app.url("/events"))
-            .header("host", &host)
-            .send()
-            .await
-            .unwrap();
+        let resp = app.get_as(&host, "/events").await;
         assert_eq!(resp.status(), StatusCode::OK, "{host}");
     }
     // Probes and scrapers reach a pod by its IP: health, readiness and metrics take any Host.
     for path in ["/health", "/ready", "/metrics"] {
-        let resp = app
-            .client
-            .get(app.url(path))
-            .header("host", "10.1.2.3:8080")
-            .send()
-            .await
-            .unwrap();
+        let resp = app.get_as("10.1.2.3:8080", path).await;
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
     }
     // No CORS: a preflight is refused and nothing grants a foreign origin access.
@@ -801,30 +791,23 @@ async fn allowed_hosts_admit_the_listed_names_only() {
         &[("HTTP_ALLOWED_HOSTS", "events.internal, Hook.Example:9000")],
     )
     .await;
-    let get = |host: &'static str| {
-        app.client
-            .get(app.url("/events"))
-            .header("host", host)
-            .send()
-    };
-    assert_eq!(get("events.internal:8080").await.unwrap().status(), 200);
-    assert_eq!(get("events.internal").await.unwrap().status(), 200);
-    assert_eq!(get("hook.example:9000").await.unwrap().status(), 200);
-    assert_eq!(get("hook.example:9001").await.unwrap().status(), 421);
-    assert_eq!(get("hook.example").await.unwrap().status(), 421);
-    assert_eq!(get("evil.example").await.unwrap().status(), 421);
-    assert_eq!(get("localhost:1").await.unwrap().status(), 200);
+    for (host, status) in [
+        ("events.internal:8080", 200),
+        ("events.internal", 200),
+        ("hook.example:9000", 200),
+        ("hook.example:9001", 421),
+        ("hook.example", 421),
+        ("evil.example", 421),
+        ("localhost:1", 200),
+    ] {
+        assert_eq!(app.get_as(host, "/events").await.status(), status, "{host}");
+    }
     app.stop().await;
 
     // With a token (the token is what a foreign page cannot have), any Host is accepted unless
     // an allow-list is configured.
     let app = TestApp::spawn(dir.path(), &[("HTTP_TOKEN", "t0ken")]).await;
-    let resp = app
-        .auth(app.client.get(app.url("/events")))
-        .header("host", "cem.namespace.svc:8080")
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("cem.namespace.svc:8080", "/events").await;
     assert_eq!(resp.status(), StatusCode::OK);
     app.stop().await;
     let app = TestApp::spawn(
@@ -832,12 +815,7 @@ async fn allowed_hosts_admit_the_listed_names_only() {
         &[("HTTP_TOKEN", "t0ken"), ("HTTP_ALLOWED_HOSTS", "cem.svc")],
     )
     .await;
-    let resp = app
-        .auth(app.client.get(app.url("/events")))
-        .header("host", "cem.namespace.svc:8080")
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("cem.namespace.svc:8080", "/events").await;
     assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST);
     app.stop().await;
 }

@@ -3,7 +3,7 @@
 //!
 //! | bound | setting | what happens |
 //! |---|---|---|
-//! | request head (request line + headers) | `HTTP_HEADER_TIMEOUT_MS` | the connection is closed (hyper answers 408 when it can); also ends idle keep-alive connections and connections that never send a byte |
+//! | request head (request line + headers) | `HTTP_HEADER_TIMEOUT_MS` | the connection is closed without an answer; this also ends idle keep-alive connections and connections that never send a byte |
 //! | request body | `HTTP_BODY_TIMEOUT_MS` | `POST /events` answers 408 and closes the connection (see `ingest.rs`); nothing is handled |
 //! | open connections | `HTTP_MAX_CONNECTIONS` | no further connection is accepted until one closes: new ones wait in the kernel's backlog, the open ones keep working |
 //!

@@ -48,6 +48,10 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("HTTP_LISTEN", "http.listen"),
     secret("HTTP_TOKEN", "http.token"),
     var("HTTP_MAX_BODY_BYTES", "http.max_body_bytes"),
+    var("HTTP_ALLOWED_HOSTS", "http.allowed_hosts"),
+    var("HTTP_HEADER_TIMEOUT_MS", "http.header_timeout_ms"),
+    var("HTTP_BODY_TIMEOUT_MS", "http.body_timeout_ms"),
+    var("HTTP_MAX_CONNECTIONS", "http.max_connections"),
     var("STORAGE_BACKENDS", "storage.backends"),
     var("STORAGE_PRIMARY", "storage.primary"),
     var("ID_STRATEGY", "storage.id_strategy"),
@@ -201,6 +205,11 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     pub token: Secret,
     pub max_body_bytes: usize,
+    /// Comma-separated `Host` names accepted on /events besides loopback names (`http::guard`).
+    pub allowed_hosts: String,
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -578,6 +587,7 @@ impl Settings {
         if self.http.max_body_bytes == 0 {
             return Err(setting_error("http.max_body_bytes", "must be at least 1"));
         }
+        crate::http::check_settings(&self.http)?;
         let backends = self.storage.backend_list()?;
         self.storage.primary_backend()?;
         if backends.contains(&BackendKind::Driver) && !self.storage.driver.is_configured() {

@@ -158,12 +158,13 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let addr = self.http_addr();
         let grace = Duration::from_secs(self.settings.shutdown.grace);
-        let router = http::router(self.state.clone());
-        let server = tokio::spawn(
-            axum::serve(self.listener, router)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
+        let router = http::router(self.state.clone(), &self.settings.http);
+        let server = tokio::spawn(http::serve(
+            self.listener,
+            router,
+            http::ServeLimits::from_settings(&self.settings.http),
+            shutdown.clone().cancelled_owned(),
+        ));
         tracing::info!(%addr, "listening");
         let mut connect = self.connect.map(|c| tokio::spawn(c.run(shutdown.clone())));
         if let Some(handle) = connect.as_mut() {
@@ -208,5 +209,3 @@ impl App {
         Ok(())
     }
 }
-
-use std::future::IntoFuture;

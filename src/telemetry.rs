@@ -1,5 +1,17 @@
 //! Logs (tracing: human-readable or JSON, levels from RUST_LOG) and Prometheus metrics
 //! (prometheus-client: typed families, encoded by the crate, never hand-formatted).
+//!
+//! Secrets never reach a log line, whatever `RUST_LOG` asks for: the dependencies that print raw
+//! traffic at `debug`/`trace` — the websocket upgrade request with the Connect `API_KEY`, whole
+//! `setup_request`/`setup_response`/task frames with passwords, keys and the installation
+//! `api_key`, HTTP requests with their headers, MongoDB commands — are capped at
+//! [`TRAFFIC_CAP`] ([`TRAFFIC_TARGETS`]). The cap is a second, fixed filter on the log layer: a
+//! record is written only when both `RUST_LOG` and the cap let it through, so no directive (not
+//! even one more specific than the cap's, such as `tungstenite::protocol=trace`) can lift it.
+//!
+//! Metric labels come only from known values ([`event_type_label`], [`status_label`]): a value
+//! from outside (an HTTP body, a frame) never becomes a label, so it can neither forge an
+//! exposition line nor grow the number of series.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,27 +22,109 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing::Subscriber;
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+use tracing_subscriber::fmt::{self, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
-use crate::events::{Event, Outcome};
+use crate::events::{Event, EventType, Outcome, Status};
+
+/// Log targets (and everything below them) that print requests, frames or commands whole at
+/// `debug`/`trace`; they are never logged above [`TRAFFIC_CAP`].
+pub const TRAFFIC_TARGETS: &[&str] = &[
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "hyper_rustls",
+    "h2",
+    "reqwest",
+    "rustls",
+    "tokio_rustls",
+    "mongodb",
+    "tower_http",
+];
+
+/// The most verbose level [`TRAFFIC_TARGETS`] may log at: nothing there prints a payload.
+pub const TRAFFIC_CAP: LevelFilter = LevelFilter::INFO;
+
+/// The fixed cap: everything as `RUST_LOG` says, except [`TRAFFIC_TARGETS`] at most [`TRAFFIC_CAP`].
+fn traffic_cap() -> Targets {
+    TRAFFIC_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, name| t.with_target(*name, TRAFFIC_CAP),
+    )
+}
+
+/// The log layer: `format` to `writer`, filtered by `env_filter` (RUST_LOG) AND the traffic cap.
+pub fn log_layer<S, W>(
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+    env_filter: EnvFilter,
+) -> Box<dyn Layer<S> + Send + Sync + 'static>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = env_filter.and(traffic_cap());
+    match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .with_filter(filter)
+            .boxed(),
+    }
+}
 
 /// Installs the global subscriber (once per process; later calls are no-ops).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let verbose = filter
+        .max_level_hint()
+        .is_some_and(|level| level > TRAFFIC_CAP);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    let installed = tracing_subscriber::registry()
+        .with(log_layer(format, std::io::stderr, ansi, filter))
+        .try_init()
+        .is_ok();
+    if installed && verbose {
+        tracing::debug!(
+            capped = TRAFFIC_TARGETS.join(","),
+            cap = %TRAFFIC_CAP,
+            "RUST_LOG is above info: the dependencies that print raw traffic stay at most at the cap (their requests and frames carry secrets)"
+        );
+    }
+}
+
+/// The metric label of an event type: its name when this build knows it, else `other`.
+pub fn event_type_label(event_type: &EventType) -> String {
+    match event_type {
+        EventType::Other(_) => "other".to_string(),
+        known => known.as_str().to_string(),
+    }
+}
+
+/// The metric label of a status: its name when this build knows it, else `other` (empty when
+/// the object has no status).
+pub fn status_label(status: Option<&Status>) -> String {
+    match status {
+        None => String::new(),
+        Some(Status::Other(_)) => "other".to_string(),
+        Some(known) => known.as_str().to_string(),
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,8 +137,8 @@ pub struct EventLabels {
 impl EventLabels {
     pub fn of(event: &Event) -> Self {
         EventLabels {
-            event_type: event.event_type.to_string(),
-            status: event.status_str().to_string(),
+            event_type: event_type_label(&event.event_type),
+            status: status_label(event.status.as_ref()),
             source: event.source.as_str().to_string(),
         }
     }
@@ -245,5 +339,106 @@ impl Metrics {
                 outcome: if ok { "ok" } else { "error" }.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What the log layer writes for a few records, with `rust_log` as RUST_LOG.
+    fn logged(rust_log: &str, format: LogFormat) -> String {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(log_layer(
+            format,
+            move || writer.clone(),
+            false,
+            EnvFilter::try_new(rust_log).unwrap(),
+        ));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "tungstenite::protocol", "frame SECRET-A");
+            tracing::debug!(target: "tungstenite::handshake::client", "request SECRET-B");
+            tracing::trace!(target: "tokio_tungstenite", "SECRET-C");
+            tracing::debug!(target: "mongodb::command", "command SECRET-D");
+            tracing::trace!(target: "mongodb::connection", "SECRET-E");
+            tracing::trace!(target: "hyper_util::client::legacy::pool", "SECRET-F");
+            tracing::trace!(target: "h2::codec::framed_read", "SECRET-G");
+            tracing::debug!(target: "reqwest::connect", "SECRET-H");
+            tracing::trace!(target: "rustls::client::hs", "SECRET-I");
+            tracing::info!(target: "tungstenite::protocol", "capped target still logs info");
+            tracing::trace!(target: "connect_extension_mongodb::http", "own trace line");
+        });
+        let out = buffer.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn labels_come_only_from_known_values() {
+        use crate::events::Source;
+        let forged = "pending\"} 1\nconnect_ext_forged_total 1\n# EOF";
+        let mut event = Event::new(
+            "asset_purchase_request_processing".parse().unwrap(),
+            "PR-1",
+            serde_json::json!({"id": "PR-1", "status": forged}),
+            Source::Http,
+        );
+        let labels = EventLabels::of(&event);
+        assert_eq!(labels.status, "other");
+        assert_eq!(labels.event_type, "asset_purchase_request_processing");
+        event.event_type = "made_up\"} 1\n".parse().unwrap();
+        event.status = Some(Status::Pending);
+        let labels = EventLabels::of(&event);
+        assert_eq!(labels.event_type, "other");
+        assert_eq!(labels.status, "pending");
+        let metrics = Metrics::new();
+        metrics.count_event(&labels, &Outcome::skip("x"));
+        let text = metrics.encode();
+        assert!(
+            !text.contains("forged") && !text.contains("made_up"),
+            "{text}"
+        );
+        assert_eq!(status_label(None), "");
+    }
+
+    #[test]
+    fn traffic_targets_are_capped_whatever_rust_log_says() {
+        for rust_log in [
+            "trace",
+            "tungstenite=trace,connect_extension_mongodb=trace",
+            "tungstenite::protocol=trace,tungstenite::handshake=trace,trace",
+            "mongodb::command=trace,mongodb::connection=trace,h2=trace,hyper_util=trace,reqwest=trace,rustls=trace,tokio_tungstenite=trace,trace",
+            "debug,tungstenite::protocol=trace,connect_extension_mongodb=trace",
+        ] {
+            for format in [LogFormat::Text, LogFormat::Json] {
+                let out = logged(rust_log, format);
+                assert!(!out.contains("SECRET"), "RUST_LOG={rust_log}:\n{out}");
+                assert!(out.contains("own trace line"), "RUST_LOG={rust_log}:\n{out}");
+                assert!(
+                    out.contains("capped target still logs info"),
+                    "RUST_LOG={rust_log}:\n{out}"
+                );
+            }
+        }
+        // RUST_LOG still restricts: the cap only ever removes records.
+        let out = logged("warn", LogFormat::Text);
+        assert!(
+            !out.contains("own trace line") && !out.contains("capped target"),
+            "{out}"
+        );
     }
 }

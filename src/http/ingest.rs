@@ -9,18 +9,61 @@
 //! Status: 503 (+ `Retry-After`) when any event must be redelivered (storage outage: nothing lost,
 //! post it again), else 422 when any failed for good, else 201 when any document was created, else
 //! 200 (duplicates, skips).
+//!
+//! Refused before anything is handled: a `Content-Type` other than `application/json` (415), a
+//! body not received within `HTTP_BODY_TIMEOUT_MS` (408, connection closed), a body over
+//! `HTTP_MAX_BODY_BYTES` (413), and bad JSON or a bad item (400) — including an `id`, `status`,
+//! `updated` or `task_id` holding control characters, which would otherwise reach log lines and
+//! document ids. Every refusal is logged at INFO; outside input in the message (and so in the log
+//! line) is escaped ([`crate::sanitize`]).
+
+use std::borrow::Cow;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use futures_util::future::join_all;
 use serde_json::{json, Map, Value};
 
-use super::{ApiError, AppState};
+use super::{guard, ApiError, AppState};
 use crate::events::{Event, EventType, Outcome, Source};
+use crate::sanitize::{escape_control, escaped_excerpt};
+
+/// The longest wait for a whole request body (`HTTP_BODY_TIMEOUT_MS`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+/// Most bytes of outside input quoted in an error message.
+const EXCERPT: usize = 200;
+
+fn has_control(s: &str) -> bool {
+    matches!(escape_control(s), Cow::Owned(_))
+}
+
+/// 400 when a field the daemon derives ids, labels or log lines from holds control characters.
+fn check_printable(whr: &str, object: &Value, task_id: Option<&str>) -> Result<(), ApiError> {
+    let field = |name: &str| object.get(name).and_then(Value::as_str);
+    for (name, value) in [
+        ("id", field("id")),
+        ("status", field("status")),
+        ("updated", field("updated")),
+        ("task_id", task_id),
+    ] {
+        if let Some(v) = value.filter(|v| has_control(v)) {
+            return Err(ApiError::bad_request(
+                "invalid_event",
+                format!(
+                    "{whr}`{name}` contains control characters: `{}`",
+                    escaped_excerpt(v, EXCERPT)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Parses one item of the body into an event.
 pub fn parse_item(item: Value, at: Option<usize>) -> Result<Event, ApiError> {
@@ -48,7 +91,10 @@ pub fn parse_item(item: Value, at: Option<usize>) -> Result<Event, ApiError> {
         if let EventType::Other(name) = &event_type {
             return Err(ApiError::bad_request(
                 "unknown_event_type",
-                format!("{whr}unknown event type `{name}`"),
+                format!(
+                    "{whr}unknown event type `{}`",
+                    escaped_excerpt(name, EXCERPT)
+                ),
             ));
         }
         let task_id = match map.remove("task_id") {
@@ -78,7 +124,7 @@ pub fn parse_item(item: Value, at: Option<usize>) -> Result<Event, ApiError> {
                     "unknown_event_type",
                     format!(
                         "{whr}cannot tell the event type from `type` = {}; send {{\"event_type\": …, \"object\": …}} or a request of type purchase, change, suspend, resume, cancel, adjustment, renew or transfer",
-                        object.get("type").map(Value::to_string).unwrap_or_else(|| "(missing)".into())
+                        object.get("type").map(|t| escaped_excerpt(&t.to_string(), EXCERPT)).unwrap_or_else(|| "(missing)".into())
                     ),
                 ))
             }
@@ -91,6 +137,7 @@ pub fn parse_item(item: Value, at: Option<usize>) -> Result<Event, ApiError> {
         };
         (event_type, object, None)
     };
+    check_printable(&whr, &object, task_id.as_deref())?;
     let object_id = match object.get("id") {
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
         _ => {
@@ -118,24 +165,89 @@ fn describe(event: &Event, outcome: &Outcome) -> Value {
 
 pub async fn post_events(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    Extension(BodyTimeout(body_timeout)): Extension<BodyTimeout>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    match handle_post(state, body_timeout, &headers, request).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::info!(
+                status = e.status.as_u16(),
+                code = e.code,
+                error = %escape_control(&e.message),
+                "POST /events refused"
+            );
+            let timed_out = e.status == StatusCode::REQUEST_TIMEOUT;
+            let mut response = e.into_response();
+            if timed_out {
+                // The rest of the body may still come: this connection cannot carry another request.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    }
+}
+
+async fn handle_post(
+    state: AppState,
+    body_timeout: Duration,
+    headers: &HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
+    if !guard::is_json(headers) {
+        let given = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| escaped_excerpt(&String::from_utf8_lossy(v.as_bytes()), EXCERPT))
+            .unwrap_or_else(|| "none".into());
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("POST /events takes `Content-Type: application/json` (got {given})"),
+        ));
+    }
+    let body = match tokio::time::timeout(body_timeout, Bytes::from_request(request, &state)).await
+    {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} ms (HTTP_BODY_TIMEOUT_MS)",
+                    body_timeout.as_millis()
+                ),
+            ))
+        }
+        Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!(
                     "the body exceeds {} bytes (HTTP_MAX_BODY_BYTES)",
                     state.max_body_bytes
                 ),
-            )
-        } else {
-            ApiError::new(e.status(), "bad_body", e.body_text())
+            ))
         }
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                e.status(),
+                "bad_body",
+                escaped_excerpt(&e.body_text(), EXCERPT),
+            ))
+        }
+        Ok(Ok(body)) => body,
+    };
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_json",
+            format!(
+                "malformed JSON: {}",
+                escaped_excerpt(&e.to_string(), EXCERPT)
+            ),
+        )
     })?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
     let (events, single) = match value {
         Value::Array(items) => {
             if items.is_empty() {

@@ -5,11 +5,21 @@
 //! | `GET /health` | no | liveness, no I/O |
 //! | `GET /ready` | no | storage ping (+ the Connect channels when enabled) |
 //! | `GET /metrics` | no | Prometheus / OpenMetrics text |
-//! | `POST /events` | token | a Connect object, an envelope `{event_type, object}`, or an array of either |
-//! | `GET /events/{id}` | token | one stored document |
-//! | `GET /events?event_type=&status=&object_id=&limit=` | token | stored documents, newest first |
+//! | `POST /events` | Host, token | a Connect object, an envelope `{event_type, object}`, or an array of either; `Content-Type: application/json` only (415) |
+//! | `GET /events/{id}` | Host, token | one stored document |
+//! | `GET /events?event_type=&status=&object_id=&limit=` | Host, token | stored documents, newest first |
+//!
+//! "Host": the `Host` must be a loopback name or in `HTTP_ALLOWED_HOSTS` (421 otherwise; see
+//! [`guard`]). "token": `Authorization: Bearer <HTTP_TOKEN>` when a token is set (401).
+//! Before any of that, [`serve`] bounds every connection in time and number (408 / closed).
+//! Error messages quote outside input only escaped ([`crate::sanitize`]).
 
+mod guard;
 mod ingest;
+mod serve;
+
+pub use guard::HostPolicy;
+pub use serve::{check_settings, serve, ServeLimits};
 
 use std::sync::Arc;
 
@@ -21,8 +31,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::config::Secret;
+use crate::config::{HttpSettings, Secret};
 use crate::events::Registry;
+use crate::sanitize::escaped_excerpt;
 use crate::storage::{ListQuery, SharedStorage, StorageError};
 use crate::telemetry::Metrics;
 
@@ -84,12 +95,18 @@ impl From<StorageError> for ApiError {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The routes, with the `Host` check and the token on `/events…` (outermost first: Host, token),
+/// and the body deadline of `http`.
+pub fn router(state: AppState, http: &HttpSettings) -> Router {
+    let limits = ServeLimits::from_settings(http);
+    let hosts = Arc::new(HostPolicy::from_settings(http));
     let protected = Router::new()
         .route("/events", get(list_events).post(ingest::post_events))
         .route("/events/{id}", get(get_event))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .layer(axum::Extension(ingest::BodyTimeout(limits.body_timeout)))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(middleware::from_fn_with_state(hosts, guard::require_host));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -177,7 +194,7 @@ async fn get_event(
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no stored event with id `{id}`"),
+            format!("no stored event with id `{}`", escaped_excerpt(&id, 300)),
         )),
     }
 }
@@ -186,7 +203,8 @@ async fn list_events(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(query) = query
+        .map_err(|e| ApiError::bad_request("bad_query", escaped_excerpt(&e.body_text(), 500)))?;
     let docs = state.storage.current().list(&query).await?;
     Ok(Json(json!({"count": docs.len(), "documents": docs})))
 }

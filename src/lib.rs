@@ -166,14 +166,37 @@ impl App {
         );
         tracing::info!(%addr, "listening");
         let mut connect = self.connect.map(|c| tokio::spawn(c.run(shutdown.clone())));
+        // A Connect failure (a panicked channel or service task) ends the daemon with an error,
+        // after the usual drain, so that it is restarted; never a clean stop.
+        let mut failure: Option<AppError> = None;
+        let mut on_end = |ended: Result<
+            Result<bool, connect::ConnectError>,
+            tokio::task::JoinError,
+        >| {
+            match ended {
+                Ok(Ok(true)) => {
+                    tracing::info!("the platform shut down both Connect channels: stopping")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => failure = Some(AppError::Connect(e)),
+                Err(e) => {
+                    failure = Some(AppError::Connect(connect::ConnectError::Failed(format!(
+                        "the Connect service task {}",
+                        if e.is_panic() {
+                            "panicked"
+                        } else {
+                            "was cancelled"
+                        }
+                    ))))
+                }
+            }
+        };
         if let Some(handle) = connect.as_mut() {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                platform = handle => {
+                ended = handle => {
                     connect = None;
-                    if platform.unwrap_or(false) {
-                        tracing::info!("the platform shut down both Connect channels: stopping");
-                    }
+                    on_end(ended);
                     shutdown.cancel();
                 }
             }
@@ -182,11 +205,11 @@ impl App {
         }
         if let Some(handle) = connect {
             // The channels send `shutdown`, drain within the grace period and close.
-            if tokio::time::timeout(grace + Duration::from_secs(3), handle)
-                .await
-                .is_err()
-            {
-                tracing::warn!("Connect channels did not close within the grace period");
+            match tokio::time::timeout(grace + Duration::from_secs(3), handle).await {
+                Ok(ended) => on_end(ended),
+                Err(_) => {
+                    tracing::warn!("Connect channels did not close within the grace period")
+                }
             }
         }
         let drained = shutdown::within_grace(grace, async {
@@ -203,9 +226,28 @@ impl App {
                 "grace period over: abandoning unfinished HTTP requests (their events were not answered success, so callers retry)"
             );
         }
-        self.state.storage.current().close().await;
-        tracing::info!("stopped");
-        Ok(())
+        // Closing flushes buffered writes; a hung store must not hold the exit forever.
+        let storage = self.state.storage.current();
+        if tokio::time::timeout(grace.max(Duration::from_secs(1)), storage.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                backend = storage.name(),
+                grace_secs = grace.as_secs(),
+                "storage did not close within the grace period; exiting anyway (unanswered events are redelivered)"
+            );
+        }
+        match failure {
+            Some(e) => {
+                tracing::error!(error = %e, "stopped after a failure");
+                Err(e)
+            }
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -193,6 +193,16 @@ impl StorageFingerprint {
     }
 }
 
+/// How long a storage configuration that could not be built is not tried again (each attempt
+/// holds a channel's set-up for up to the rebuild timeout).
+const FAILED_REBUILD_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The installed storage and the last configuration that could not be built.
+struct Applied {
+    installed: StorageFingerprint,
+    failed: Option<(StorageFingerprint, tokio::time::Instant)>,
+}
+
 /// The merged platform configuration (shared by both channels of this process).
 #[derive(Debug, Clone, Default)]
 pub struct Merged {
@@ -257,7 +267,10 @@ pub struct LiveConfig {
     storage: Arc<SharedStorage>,
     scrubber: Arc<Scrubber>,
     /// The storage fingerprint currently installed; the async lock serializes rebuilds.
-    applied: tokio::sync::Mutex<StorageFingerprint>,
+    applied: tokio::sync::Mutex<Applied>,
+    /// Refused variables already warned about (name and a hash of the value): one WARN per
+    /// distinct refused setting, not one per channel and reconnect.
+    refused_warned: Mutex<std::collections::HashSet<(String, u64)>>,
     /// Longest wait for a rebuild (connect + start-up check of the new backends).
     rebuild_timeout: Duration,
 }
@@ -269,13 +282,17 @@ impl LiveConfig {
         scrubber: Arc<Scrubber>,
         rebuild_timeout: Duration,
     ) -> Self {
-        let applied = tokio::sync::Mutex::new(StorageFingerprint::of(&base));
+        let applied = tokio::sync::Mutex::new(Applied {
+            installed: StorageFingerprint::of(&base),
+            failed: None,
+        });
         Self {
             base,
             merged: Mutex::new(Merged::default()),
             storage,
             scrubber,
             applied,
+            refused_warned: Mutex::new(Default::default()),
             rebuild_timeout,
         }
     }
@@ -301,7 +318,7 @@ impl LiveConfig {
                 continue;
             };
             let Some(key) = storage_key_for_variable(&var.name) else {
-                if refused_variable(&var.name) {
+                if refused_variable(&var.name) && self.first_refusal(&var.name, value) {
                     tracing::warn!(
                         variable = %var.name,
                         "extension variable refused: only the storage connection settings may come from the platform (docs/connect.md); the local setting is kept"
@@ -320,6 +337,17 @@ impl LiveConfig {
             }
         }
         s
+    }
+
+    /// True the first time this refused variable is seen with this value.
+    fn first_refusal(&self, name: &str, value: &str) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        value.hash(&mut h);
+        self.refused_warned
+            .lock()
+            .expect("refused lock")
+            .insert((name.to_string(), h.finish()))
     }
 
     /// Merges a `setup_response` and applies it: storage rebuilt when its settings changed.
@@ -363,8 +391,15 @@ impl LiveConfig {
         // Read the merged state under the rebuild lock, so concurrent updates apply in order.
         let settings = self.effective_settings(&self.snapshot());
         let wanted = StorageFingerprint::of(&settings);
-        if *applied == wanted {
+        if applied.installed == wanted {
+            applied.failed = None;
             return;
+        }
+        if let Some((failed, at)) = &applied.failed {
+            if *failed == wanted && at.elapsed() < FAILED_REBUILD_RETRY_AFTER {
+                tracing::debug!("the storage the extension variables describe failed to build recently; keeping the current storage");
+                return;
+            }
         }
         if let Err(e) = settings.validate() {
             tracing::error!(error = %e, "extension variables give an invalid storage configuration; keeping the current storage");
@@ -383,7 +418,8 @@ impl LiveConfig {
             Ok(Ok(new)) => {
                 let name = new.name();
                 let old = self.storage.replace(new);
-                *applied = wanted;
+                applied.installed = wanted;
+                applied.failed = None;
                 tracing::info!(
                     backend = name,
                     previous = old.name(),
@@ -392,12 +428,14 @@ impl LiveConfig {
                 tokio::spawn(close_when_released(old));
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot build the storage the extension variables describe; keeping the current storage (will try again on the next configuration update)")
+                applied.failed = Some((wanted, tokio::time::Instant::now()));
+                tracing::error!(error = %e, "cannot build the storage the extension variables describe; keeping the current storage (tried again on the next configuration change, or after 5 minutes)")
             }
             Err(_) => {
+                applied.failed = Some((wanted, tokio::time::Instant::now()));
                 tracing::error!(
                     timeout_secs = self.rebuild_timeout.as_secs_f64(),
-                    "building the storage the extension variables describe timed out; keeping the current storage (will try again on the next configuration update)"
+                    "building the storage the extension variables describe timed out; keeping the current storage (tried again on the next configuration change, or after 5 minutes)"
                 )
             }
         }

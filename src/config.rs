@@ -5,8 +5,15 @@
 //! the Python runner (API_KEY, ENVIRONMENT_ID, …). The table is also the single place that says which
 //! settings are secrets.
 //!
-//! Validation happens once, at start-up; every error names the variable, the key and the accepted
-//! values, so a typo in a container's environment fails fast and clearly.
+//! Validation happens once, at start-up ([`Settings::validate`], also run by `check-config` and on
+//! every storage rebuild from extension variables); every error names the variable, the key and
+//! the accepted values, so a typo in a container's environment fails fast and clearly. Every
+//! numeric setting has a range ([`Settings::bounds`]): no value can overflow a timer, a semaphore
+//! or an allocation later.
+//!
+//! Secrets are [`Secret`]s; URLs that may carry credentials are shown only through [`redact_url`]
+//! ([`SecretUrl`]): the password of the userinfo and every query value not on
+//! [`URL_QUERY_ALLOW_LIST`] become `***`.
 
 use std::collections::BTreeMap;
 use std::fmt;

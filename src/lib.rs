@@ -154,7 +154,9 @@ impl App {
 
     /// Serves until `shutdown` is cancelled (or the platform shuts down both Connect channels);
     /// then stops intake, lets in-flight events finish (bounded by `shutdown.grace`; Connect tasks
-    /// still running then are answered `retry`), flushes storage and returns.
+    /// still running then are answered `retry`), flushes storage (bounded by `shutdown.grace` too)
+    /// and returns. A failed Connect channel (a panicked task) is an error, never a clean stop:
+    /// the daemon drains the same way and returns `Err`, so the binary exits non-zero.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let addr = self.http_addr();
         let grace = Duration::from_secs(self.settings.shutdown.grace);

@@ -191,8 +191,8 @@ impl ChannelStatus {
     pub fn set_failed(&self, reason: &str) {
         self.set(false, reason);
     }
-    #[doc(hidden)]
-    pub fn set_ready_for_test(&self) {
+    #[cfg(test)]
+    pub(crate) fn set_ready_for_test(&self) {
         self.set(true, "");
     }
     fn set(&self, ready: bool, problem: &str) {

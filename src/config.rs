@@ -5,8 +5,15 @@
 //! the Python runner (API_KEY, ENVIRONMENT_ID, …). The table is also the single place that says which
 //! settings are secrets.
 //!
-//! Validation happens once, at start-up; every error names the variable, the key and the accepted
-//! values, so a typo in a container's environment fails fast and clearly.
+//! Validation happens once, at start-up ([`Settings::validate`], also run by `check-config` and on
+//! every storage rebuild from extension variables); every error names the variable, the key and
+//! the accepted values, so a typo in a container's environment fails fast and clearly. Every
+//! numeric setting has a range ([`Settings::bounds`]): no value can overflow a timer, a semaphore
+//! or an allocation later.
+//!
+//! Secrets are [`Secret`]s; URLs that may carry credentials are shown only through [`redact_url`]
+//! ([`SecretUrl`]): the password of the userinfo and every query value not on
+//! [`URL_QUERY_ALLOW_LIST`] become `***`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -105,6 +112,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("CONNECT_MAX_FRAME_BYTES", "connect.max_frame_bytes"),
     var("CONNECT_PING_INTERVAL", "connect.ping_interval"),
     var("CONNECT_RESULT_BUFFER", "connect.result_buffer"),
+    var("CONNECT_RESULT_BUFFER_BYTES", "connect.result_buffer_bytes"),
     var("CONNECT_PERSIST_INTERACTIVE", "connect.persist_interactive"),
     var("RUNNER_VERSION", "connect.runner_version"),
     var("EXTENSION_AUDIENCE", "connect.audience"),
@@ -117,6 +125,34 @@ pub const ENV_VARS: &[EnvVar] = &[
 /// The variable that overrides `key`, if any.
 pub fn env_name_for(key: &str) -> Option<&'static str> {
     ENV_VARS.iter().find(|v| v.key == key).map(|v| v.name)
+}
+
+/// The accepted range of one numeric setting (see [`Settings::bounds`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub key: &'static str,
+    pub value: u64,
+    pub min: u64,
+    pub max: u64,
+    pub unit: &'static str,
+    pub why: &'static str,
+}
+
+impl Bound {
+    fn new(key: &'static str, value: u64, min: u64, max: u64, unit: &'static str) -> Self {
+        Self {
+            key,
+            value,
+            min,
+            max,
+            unit,
+            why: "",
+        }
+    }
+    fn why(mut self, why: &'static str) -> Self {
+        self.why = why;
+        self
+    }
 }
 
 /// A configuration error: always names the setting (variable and key) and what is accepted.
@@ -151,23 +187,185 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-    /// What logs may show: empty stays empty, a URI keeps everything but its password,
-    /// anything else becomes `***`.
+    /// What logs may show: empty stays empty, a database or HTTP URL is shown through
+    /// [`redact_url`] (user and host kept, password and unlisted query values hidden), anything
+    /// else becomes `***`.
     pub fn redacted(&self) -> String {
         if self.0.is_empty() {
             return String::new();
         }
-        redact_uri(&self.0).unwrap_or_else(|| "***".to_string())
+        let lower = self.0.to_ascii_lowercase();
+        if ["mongodb://", "mongodb+srv://", "http://", "https://"]
+            .iter()
+            .any(|p| lower.starts_with(p))
+        {
+            redact_url(&self.0)
+        } else {
+            "***".to_string()
+        }
     }
 }
 
-/// `scheme://user:***@host/...` for a URI carrying a password; `None` when `s` is not such a URI.
+/// A URL that may carry credentials (userinfo, a key in the query string): shown everywhere
+/// (logs, `check-config`, errors, `/ready` reasons) only through [`redact_url`].
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The URL itself, only where a request or connection is built.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({:?})", self.redacted())
+    }
+}
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// Query parameters whose values are shown: connection options that are never secret. Every
+/// other parameter keeps its name and shows `***` (`tlsCertificateKeyFilePassword`, `key`, …).
+pub const URL_QUERY_ALLOW_LIST: &[&str] = &[
+    "authSource",
+    "authMechanism",
+    "replicaSet",
+    "tls",
+    "ssl",
+    "tlsAllowInvalidCertificates",
+    "tlsAllowInvalidHostnames",
+    "tlsInsecure",
+    "retryWrites",
+    "retryReads",
+    "w",
+    "wtimeoutMS",
+    "journal",
+    "appName",
+    "directConnection",
+    "loadBalanced",
+    "readPreference",
+    "readConcernLevel",
+    "maxPoolSize",
+    "minPoolSize",
+    "maxIdleTimeMS",
+    "connectTimeoutMS",
+    "socketTimeoutMS",
+    "serverSelectionTimeoutMS",
+    "heartbeatFrequencyMS",
+    "localThresholdMS",
+    "compressors",
+    "srvServiceName",
+    "srvMaxHosts",
+];
+
+/// Any URL string made safe to show: the password of the userinfo becomes `***` (the user is
+/// kept — except over http(s), where a user without a password is usually a token and is hidden
+/// too), every query value whose name is not in [`URL_QUERY_ALLOW_LIST`] becomes `***` (a bare
+/// query token too), and a fragment becomes `#***`. Scheme, hosts and path are kept. A password
+/// holding `/`, `?` or `@` unencoded is hidden whole.
+pub fn redact_url(s: &str) -> String {
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, s),
+    };
+    let mut out = String::with_capacity(s.len());
+    if let Some(scheme) = scheme {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    let mut rest = rest;
+    if scheme.is_some() {
+        // The userinfo ends at the last `@` before the query; when no `@` precedes the first `?`,
+        // the password itself may hold a `?`: take the last `@` of all.
+        let first_q = rest.find('?').unwrap_or(rest.len());
+        let at = rest[..first_q].rfind('@').or_else(|| rest.rfind('@'));
+        if let Some(at) = at {
+            let userinfo = &rest[..at];
+            let (user, password) = match userinfo.split_once(':') {
+                Some((u, _)) => (u, true),
+                None => (userinfo, false),
+            };
+            if !user.contains(['/', '?', '#']) {
+                let http = scheme.is_some_and(|sc| {
+                    sc.eq_ignore_ascii_case("http") || sc.eq_ignore_ascii_case("https")
+                });
+                if password {
+                    out.push_str(user);
+                    out.push_str(":***@");
+                } else if http {
+                    out.push_str("***@");
+                } else {
+                    out.push_str(user);
+                    out.push('@');
+                }
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    let (before_fragment, fragment) = match rest.split_once('#') {
+        Some((b, _)) => (b, true),
+        None => (rest, false),
+    };
+    match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let parts: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _))
+                        if URL_QUERY_ALLOW_LIST
+                            .iter()
+                            .any(|a| a.eq_ignore_ascii_case(k)) =>
+                    {
+                        kv.to_string()
+                    }
+                    Some((k, _)) => format!("{k}=***"),
+                    None if kv.is_empty()
+                        || URL_QUERY_ALLOW_LIST
+                            .iter()
+                            .any(|a| a.eq_ignore_ascii_case(kv)) =>
+                    {
+                        kv.to_string()
+                    }
+                    None => "***".to_string(),
+                })
+                .collect();
+            out.push_str(&parts.join("&"));
+        }
+        None => out.push_str(before_fragment),
+    }
+    if fragment {
+        out.push_str("#***");
+    }
+    out
+}
+
+/// [`redact_url`] of `s` when it is a URL (`scheme://…`), else `None` (the driver's helper).
 pub fn redact_uri(s: &str) -> Option<String> {
-    let (scheme, rest) = s.split_once("://")?;
-    let at = rest.rfind('@')?;
-    let (userinfo, host) = rest.split_at(at);
-    let user = userinfo.split(':').next().unwrap_or("");
-    Some(format!("{scheme}://{user}:***{host}"))
+    s.contains("://").then(|| redact_url(s))
+}
+
+/// Serializes a URL-valued string setting through [`redact_url`].
+fn serialize_url<S: Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(value))
 }
 
 impl fmt::Debug for Secret {
@@ -283,8 +481,10 @@ impl DriverSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 pub struct DataApiSettings {
+    /// May carry credentials (userinfo, a key in the query): shown only through [`redact_url`].
+    #[serde(serialize_with = "serialize_url")]
     pub endpoint: String,
     pub api_key: Secret,
     pub bearer_token: Secret,
@@ -295,6 +495,23 @@ pub struct DataApiSettings {
     pub ejson: bool,
     pub request_timeout_ms: u64,
     pub deadline_ms: u64,
+}
+
+impl fmt::Debug for DataApiSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataApiSettings")
+            .field("endpoint", &redact_url(&self.endpoint))
+            .field("api_key", &self.api_key)
+            .field("bearer_token", &self.bearer_token)
+            .field("email", &self.email)
+            .field("password", &self.password)
+            .field("cluster", &self.cluster)
+            .field("collection", &self.collection)
+            .field("ejson", &self.ejson)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("deadline_ms", &self.deadline_ms)
+            .finish()
+    }
 }
 
 impl DataApiSettings {
@@ -325,6 +542,7 @@ pub struct ConnectSettings {
     pub max_frame_bytes: usize,
     pub ping_interval: u64,
     pub result_buffer: usize,
+    pub result_buffer_bytes: usize,
     pub persist_interactive: bool,
     pub runner_version: String,
     pub audience: String,
@@ -584,9 +802,7 @@ impl Settings {
                 ),
             ));
         }
-        if self.http.max_body_bytes == 0 {
-            return Err(setting_error("http.max_body_bytes", "must be at least 1"));
-        }
+        self.check_bounds()?;
         crate::http::check_settings(&self.http)?;
         let backends = self.storage.backend_list()?;
         self.storage.primary_backend()?;
@@ -622,7 +838,10 @@ impl Settings {
             if !(ep.starts_with("http://") || ep.starts_with("https://")) {
                 return Err(setting_error(
                     "storage.data_api.endpoint",
-                    format!("`{ep}` must be an http:// or https:// URL (…/endpoint/data/v1)"),
+                    format!(
+                        "`{}` must be an http:// or https:// URL (…/endpoint/data/v1)",
+                        redact_url(ep)
+                    ),
                 ));
             }
         }
@@ -635,12 +854,6 @@ impl Settings {
                 ),
             ));
         }
-        if self.storage.reschedule_countdown < 30 {
-            return Err(setting_error(
-                "storage.reschedule_countdown",
-                "must be at least 30 (seconds), the platform's minimum",
-            ));
-        }
         self.events.persist_rules()?;
         for a in self.connect.audience_list() {
             if !["vendor", "distributor", "reseller"].contains(&a.as_str()) {
@@ -650,22 +863,185 @@ impl Settings {
                 ));
             }
         }
-        if self.connect.max_in_flight == 0 {
-            return Err(setting_error("connect.max_in_flight", "must be at least 1"));
-        }
-        if self.connect.rest_concurrency == 0 {
-            return Err(setting_error(
-                "connect.rest_concurrency",
-                "must be at least 1",
-            ));
-        }
-        if self.connect.max_frame_bytes < 2 * 1024 * 1024 {
-            return Err(setting_error(
-                "connect.max_frame_bytes",
-                "must be at least 2097152 (2 MiB), the platform's assumption",
-            ));
+        Ok(())
+    }
+
+    /// Every numeric setting within its range (one table: [`Settings::bounds`]).
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        for b in self.bounds() {
+            if b.value < b.min || b.value > b.max {
+                return Err(setting_error(
+                    b.key,
+                    format!(
+                        "{} is out of range; accepted: a whole number between {} and {} ({}){}",
+                        b.value,
+                        b.min,
+                        b.max,
+                        b.unit,
+                        if b.why.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; {}", b.why)
+                        }
+                    ),
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// The accepted range of every numeric setting: wide enough for any sane deployment, narrow
+    /// enough that no value overflows a timer, a semaphore or an allocation.
+    pub fn bounds(&self) -> Vec<Bound> {
+        const MIB: u64 = 1024 * 1024;
+        let st = &self.storage;
+        let c = &self.connect;
+        let n = |v: usize| v as u64;
+        vec![
+            Bound::new(
+                "http.max_body_bytes",
+                n(self.http.max_body_bytes),
+                1,
+                256 * MIB,
+                "bytes",
+            ),
+            Bound::new(
+                "http.header_timeout_ms",
+                self.http.header_timeout_ms,
+                100,
+                3_600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "http.body_timeout_ms",
+                self.http.body_timeout_ms,
+                100,
+                3_600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "http.max_connections",
+                n(self.http.max_connections),
+                1,
+                65_536,
+                "connections",
+            ),
+            Bound::new(
+                "storage.reschedule_countdown",
+                st.reschedule_countdown,
+                30,
+                86_400,
+                "seconds",
+            )
+            .why("30 is the platform's minimum"),
+            Bound::new(
+                "storage.driver.server_selection_timeout_ms",
+                st.driver.server_selection_timeout_ms,
+                1,
+                600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "storage.driver.batch_max",
+                n(st.driver.batch_max),
+                1,
+                100_000,
+                "documents",
+            ),
+            Bound::new(
+                "storage.driver.batch_wait_ms",
+                st.driver.batch_wait_ms,
+                0,
+                10_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "storage.driver.operation_timeout_ms",
+                st.driver.operation_timeout_ms,
+                1,
+                3_600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "storage.data_api.request_timeout_ms",
+                st.data_api.request_timeout_ms,
+                1,
+                600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "storage.data_api.deadline_ms",
+                st.data_api.deadline_ms,
+                1,
+                3_600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "connect.background_task_max_execution_time",
+                c.background_task_max_execution_time,
+                1,
+                86_400,
+                "seconds",
+            ),
+            Bound::new(
+                "connect.interactive_task_max_execution_time",
+                c.interactive_task_max_execution_time,
+                1,
+                86_400,
+                "seconds",
+            ),
+            Bound::new(
+                "connect.setup_timeout",
+                c.setup_timeout,
+                1,
+                3_600,
+                "seconds",
+            ),
+            Bound::new(
+                "connect.max_in_flight",
+                n(c.max_in_flight),
+                1,
+                100_000,
+                "tasks",
+            ),
+            Bound::new(
+                "connect.rest_concurrency",
+                n(c.rest_concurrency),
+                1,
+                4_096,
+                "requests",
+            ),
+            Bound::new(
+                "connect.max_frame_bytes",
+                n(c.max_frame_bytes),
+                2 * MIB,
+                256 * MIB,
+                "bytes",
+            )
+            .why("at least 2 MiB, the platform's assumption"),
+            Bound::new(
+                "connect.ping_interval",
+                c.ping_interval,
+                1,
+                3_600,
+                "seconds",
+            ),
+            Bound::new(
+                "connect.result_buffer",
+                n(c.result_buffer),
+                1,
+                10_000_000,
+                "results",
+            ),
+            Bound::new(
+                "connect.result_buffer_bytes",
+                n(c.result_buffer_bytes),
+                1024,
+                16 * 1024 * MIB,
+                "bytes",
+            ),
+            Bound::new("shutdown.grace", self.shutdown.grace, 0, 3_600, "seconds"),
+        ]
     }
 
     /// The effective configuration as TOML-like JSON, secrets redacted (for `check-config`).
@@ -944,6 +1320,151 @@ mod tests {
             }
             assert!(!cur.is_null(), "{} maps to missing key {}", v.name, v.key);
             assert!(view.contains_key(v.name));
+        }
+    }
+    #[test]
+    fn redact_url_hides_passwords_and_unlisted_query_values() {
+        let out = redact_url(
+            "mongodb://app:pw-SECRET@db1:27017,db2/x?authSource=admin&tls=true&tlsCertificateKeyFilePassword=kp-SECRET&replicaSet=rs0",
+        );
+        assert_eq!(
+            out,
+            "mongodb://app:***@db1:27017,db2/x?authSource=admin&tls=true&tlsCertificateKeyFilePassword=***&replicaSet=rs0"
+        );
+        let out =
+            redact_url("https://user:pw-SECRET@host/app/x/endpoint/data/v1?key=k-SECRET&appName=a");
+        assert_eq!(
+            out,
+            "https://user:***@host/app/x/endpoint/data/v1?key=***&appName=a"
+        );
+        // A password holding `/`, `?` or `@` stays hidden whole.
+        for s in [
+            "mongodb://u:p/w?SECRET@db/?tls=true",
+            "mongodb://u:p@w-SECRET@db/",
+            "mongodb+srv://u:pSECRET@c0.example.net/?retryWrites=true&w=majority",
+        ] {
+            let out = redact_url(s);
+            assert!(!out.contains("SECRET"), "{s} → {out}");
+            assert!(out.contains("u:***@"), "{s} → {out}");
+        }
+        // An `@` in the query is not userinfo; a bare query token is hidden; a fragment too.
+        assert_eq!(
+            redact_url("https://h/p?email=a@b.example&tls=true&tokenSECRET#fragSECRET"),
+            "https://h/p?email=***&tls=true&***#***"
+        );
+        // No scheme: the query is still redacted.
+        assert_eq!(redact_url("host/p?apiKey=SECRET"), "host/p?apiKey=***");
+        // Token-as-user over http(s) is hidden; a plain user name of a database URI is kept.
+        assert_eq!(redact_url("https://tokSECRET@h/"), "https://***@h/");
+        assert_eq!(redact_url("mongodb://x509user@h/"), "mongodb://x509user@h/");
+        // Case-insensitive allow-list, as MongoDB options are.
+        assert_eq!(
+            redact_url("mongodb://h/?AUTHSOURCE=admin"),
+            "mongodb://h/?AUTHSOURCE=admin"
+        );
+        // redact_uri (driver.rs) now redacts every URI, with or without a password.
+        assert_eq!(
+            redact_uri("mongodb://h/?tlsCertificateKeyFilePassword=SECRET").as_deref(),
+            Some("mongodb://h/?tlsCertificateKeyFilePassword=***")
+        );
+        assert_eq!(redact_uri("not a uri"), None);
+    }
+    #[test]
+    fn url_secrets_are_redacted_in_settings_output() {
+        let s = load(&[
+            (
+                "MONGODB_URI",
+                "mongodb://u@db:27017/?tls=true&tlsCertificateKeyFilePassword=kp-SECRET",
+            ),
+            (
+                "DATA_API_ENDPOINT",
+                "https://user:ep-SECRET@data.example/app/x/endpoint/data/v1?key=q-SECRET",
+            ),
+        ])
+        .unwrap();
+        let debug = format!("{s:?}");
+        let json = s.redacted_json().to_string();
+        let env = format!("{:?}", s.env_view());
+        for out in [&debug, &json, &env] {
+            assert!(!out.contains("SECRET"), "{out}");
+        }
+        assert_eq!(
+            s.env_view()["DATA_API_ENDPOINT"],
+            "https://user:***@data.example/app/x/endpoint/data/v1?key=***"
+        );
+        // A bad endpoint's error names the variable, not the secret.
+        let err = load(&[("DATA_API_ENDPOINT", "ftp://u:ep-SECRET@h/?key=q-SECRET")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("DATA_API_ENDPOINT") && !err.contains("SECRET"),
+            "{err}"
+        );
+        // The URL type itself.
+        let u = SecretUrl::new("https://u:pw-SECRET@h/?apiKey=k-SECRET");
+        for out in [
+            format!("{u}"),
+            format!("{u:?}"),
+            serde_json::to_string(&u).unwrap(),
+        ] {
+            assert!(!out.contains("SECRET"), "{out}");
+        }
+        assert_eq!(u.expose(), "https://u:pw-SECRET@h/?apiKey=k-SECRET");
+    }
+
+    #[test]
+    fn every_numeric_setting_is_bounded() {
+        let max = u64::MAX.to_string();
+        for (var, bad) in [
+            ("CONNECT_RESULT_BUFFER", max.as_str()),
+            ("CONNECT_RESULT_BUFFER", "0"),
+            ("CONNECT_RESULT_BUFFER_BYTES", "10"),
+            ("CONNECT_PING_INTERVAL", max.as_str()),
+            ("CONNECT_PING_INTERVAL", "0"),
+            ("CONNECT_SETUP_TIMEOUT", max.as_str()),
+            ("CONNECT_SETUP_TIMEOUT", "0"),
+            ("CONNECT_MAX_IN_FLIGHT", max.as_str()),
+            ("CONNECT_REST_CONCURRENCY", "1000000"),
+            ("CONNECT_MAX_FRAME_BYTES", max.as_str()),
+            ("BACKGROUND_TASK_MAX_EXECUTION_TIME", max.as_str()),
+            ("BACKGROUND_TASK_MAX_EXECUTION_TIME", "0"),
+            ("INTERACTIVE_TASK_MAX_EXECUTION_TIME", max.as_str()),
+            ("HTTP_MAX_BODY_BYTES", max.as_str()),
+            ("RESCHEDULE_COUNTDOWN", max.as_str()),
+            ("DRIVER_SERVER_SELECTION_TIMEOUT_MS", max.as_str()),
+            ("DRIVER_SERVER_SELECTION_TIMEOUT_MS", "0"),
+            ("DRIVER_BATCH_MAX", "0"),
+            ("DRIVER_BATCH_MAX", max.as_str()),
+            ("DRIVER_BATCH_WAIT_MS", max.as_str()),
+            ("DRIVER_OPERATION_TIMEOUT_MS", max.as_str()),
+            ("DRIVER_OPERATION_TIMEOUT_MS", "0"),
+            ("DRIVER_WRITE_CONCERN", max.as_str()),
+            ("DATA_API_TIMEOUT_MS", max.as_str()),
+            ("DATA_API_TIMEOUT_MS", "0"),
+            ("DATA_API_DEADLINE_MS", max.as_str()),
+            ("DATA_API_DEADLINE_MS", "0"),
+            ("SHUTDOWN_GRACE", max.as_str()),
+        ] {
+            let err = match load(&[(var, bad)]) {
+                Ok(_) => panic!("{var}={bad} accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(var), "{var}={bad}: {err}");
+            assert!(
+                err.contains("between") || err.contains("accepted"),
+                "{var}={bad}: {err}"
+            );
+        }
+        // The defaults and the documented extremes pass.
+        assert!(load(&[]).is_ok());
+        for (var, ok) in [
+            ("CONNECT_PING_INTERVAL", "1"),
+            ("CONNECT_RESULT_BUFFER", "1"),
+            ("SHUTDOWN_GRACE", "0"),
+            ("DRIVER_BATCH_WAIT_MS", "0"),
+            ("DRIVER_WRITE_CONCERN", "1"),
+        ] {
+            load(&[(var, ok)]).unwrap_or_else(|e| panic!("{var}={ok}: {e}"));
         }
     }
 }

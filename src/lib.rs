@@ -154,7 +154,9 @@ impl App {
 
     /// Serves until `shutdown` is cancelled (or the platform shuts down both Connect channels);
     /// then stops intake, lets in-flight events finish (bounded by `shutdown.grace`; Connect tasks
-    /// still running then are answered `retry`), flushes storage and returns.
+    /// still running then are answered `retry`), flushes storage (bounded by `shutdown.grace` too)
+    /// and returns. A failed Connect channel (a panicked task) is an error, never a clean stop:
+    /// the daemon drains the same way and returns `Err`, so the binary exits non-zero.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let addr = self.http_addr();
         let grace = Duration::from_secs(self.settings.shutdown.grace);
@@ -167,14 +169,37 @@ impl App {
         ));
         tracing::info!(%addr, "listening");
         let mut connect = self.connect.map(|c| tokio::spawn(c.run(shutdown.clone())));
+        // A Connect failure (a panicked channel or service task) ends the daemon with an error,
+        // after the usual drain, so that it is restarted; never a clean stop.
+        let mut failure: Option<AppError> = None;
+        let mut on_end = |ended: Result<
+            Result<bool, connect::ConnectError>,
+            tokio::task::JoinError,
+        >| {
+            match ended {
+                Ok(Ok(true)) => {
+                    tracing::info!("the platform shut down both Connect channels: stopping")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => failure = Some(AppError::Connect(e)),
+                Err(e) => {
+                    failure = Some(AppError::Connect(connect::ConnectError::Failed(format!(
+                        "the Connect service task {}",
+                        if e.is_panic() {
+                            "panicked"
+                        } else {
+                            "was cancelled"
+                        }
+                    ))))
+                }
+            }
+        };
         if let Some(handle) = connect.as_mut() {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                platform = handle => {
+                ended = handle => {
                     connect = None;
-                    if platform.unwrap_or(false) {
-                        tracing::info!("the platform shut down both Connect channels: stopping");
-                    }
+                    on_end(ended);
                     shutdown.cancel();
                 }
             }
@@ -183,11 +208,11 @@ impl App {
         }
         if let Some(handle) = connect {
             // The channels send `shutdown`, drain within the grace period and close.
-            if tokio::time::timeout(grace + Duration::from_secs(3), handle)
-                .await
-                .is_err()
-            {
-                tracing::warn!("Connect channels did not close within the grace period");
+            match tokio::time::timeout(grace + Duration::from_secs(3), handle).await {
+                Ok(ended) => on_end(ended),
+                Err(_) => {
+                    tracing::warn!("Connect channels did not close within the grace period")
+                }
             }
         }
         let drained = shutdown::within_grace(grace, async {
@@ -204,8 +229,27 @@ impl App {
                 "grace period over: abandoning unfinished HTTP requests (their events were not answered success, so callers retry)"
             );
         }
-        self.state.storage.current().close().await;
-        tracing::info!("stopped");
-        Ok(())
+        // Closing flushes buffered writes; a hung store must not hold the exit forever.
+        let storage = self.state.storage.current();
+        if tokio::time::timeout(grace.max(Duration::from_secs(1)), storage.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                backend = storage.name(),
+                grace_secs = grace.as_secs(),
+                "storage did not close within the grace period; exiting anyway (unanswered events are redelivered)"
+            );
+        }
+        match failure {
+            Some(e) => {
+                tracing::error!(error = %e, "stopped after a failure");
+                Err(e)
+            }
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+        }
     }
 }

@@ -145,3 +145,67 @@ fn run_send_and_sigterm() {
         .unwrap();
     assert!(!out.status.success(), "nothing listens any more");
 }
+
+/// Issue 13 item 14: out-of-range numbers are refused by check-config and at start-up, naming the
+/// variable and the range (they used to pass check-config and panic at start).
+#[test]
+fn out_of_range_numbers_are_refused_naming_the_variable_and_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = u64::MAX.to_string();
+    for (var, value) in [
+        ("CONNECT_RESULT_BUFFER", max.as_str()),
+        ("CONNECT_PING_INTERVAL", max.as_str()),
+        ("SHUTDOWN_GRACE", max.as_str()),
+        ("DRIVER_BATCH_MAX", "0"),
+    ] {
+        // (Start-up with these values: tests/connect.rs::an_out_of_range_ping_interval_fails_the_daemon.)
+        {
+            let out = cmd(dir.path())
+                .arg("check-config")
+                .env(var, value)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{var}={value} accepted: {stderr}");
+            assert!(
+                stderr.contains(var) && stderr.contains("between"),
+                "{var}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{var}: {stderr}");
+        }
+    }
+}
+
+/// Issue 13 item 9: URLs are shown with passwords and unlisted query values hidden.
+#[test]
+fn check_config_redacts_url_passwords_and_query_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cmd(dir.path())
+        .arg("check-config")
+        .env(
+            "MONGODB_URI",
+            "mongodb://app@db.example:27017/?tls=true&tlsCertificateKeyFilePassword=kp-SECRET-1&authSource=admin",
+        )
+        .env(
+            "DATA_API_ENDPOINT",
+            "https://user:pw-SECRET-2@data.example/app/a/endpoint/data/v1?key=q-SECRET-3",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("SECRET") && !stderr.contains("SECRET"),
+        "{stdout}{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        json["storage"]["driver"]["uri"],
+        "mongodb://app@db.example:27017/?tls=true&tlsCertificateKeyFilePassword=***&authSource=admin"
+    );
+    assert_eq!(
+        json["storage"]["data_api"]["endpoint"],
+        "https://user:***@data.example/app/a/endpoint/data/v1?key=***"
+    );
+}

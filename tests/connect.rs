@@ -12,6 +12,33 @@ use connect_extension_mongodb::events::{Event, EventType, Handler, Outcome, Stat
 use serde_json::{json, Value};
 use support::*;
 
+/// The MongoDB-compatible test server (MONGODB_URI, as the other storage tests use).
+fn mongodb_uri() -> String {
+    std::env::var("MONGODB_URI").expect("MONGODB_URI: the MongoDB-compatible test server")
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Polls `cond` for up to 20 s.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..2000 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 const STATUSES: &str = "pending,approved,failed,inquiring,scheduled,revoking,revoked";
 
 fn output(result: &Value) -> &Value {
@@ -56,7 +83,7 @@ async fn handshake_sends_the_exact_setup_request_on_both_channels() {
                     {"name": "CLUSTER", "initial_value": "Cluster0"},
                     {"name": "DB_HOST", "initial_value": "cluster0.example"},
                     {"name": "DB_USER", "initial_value": "alice"},
-                    {"name": "DB_PASSWORD", "initial_value": "db-pass-SECRET-2", "secure": true},
+                    {"name": "DB_PASSWORD", "initial_value": "", "secure": true},
                     {"name": "DRIVER_COLLECTION", "initial_value": "purchase_requests"}
                 ],
                 "schedulables": [],
@@ -392,11 +419,14 @@ async fn config_update_rebuilds_the_storage_and_later_events_land_in_the_new_one
     }
     bg.results(5).await;
     let before = h.storage.current();
-    // "Apply Changes": a new setup_response on both channels, with the storage moved.
-    let new_dir = h.dir.path().join("moved");
+    // "Apply Changes": a new setup_response on both channels, with the storage moved to MongoDB
+    // (`auto` picks the driver once MONGODB_URI is set).
+    let db = format!("connect_cfg_{}", std::process::id());
     let mut data = setup_response_data();
     data["variables"] = json!([
-        {"name": "LOCAL_DATA_DIR", "value": new_dir.display().to_string(), "secure": false},
+        {"name": "MONGODB_URI", "value": mongodb_uri(), "secure": true},
+        {"name": "DB", "value": db, "secure": false},
+        {"name": "DRIVER_COLLECTION", "value": format!("c{}", uuid_like()), "secure": false},
         {"name": "API_KEY", "value": "data-api-key-SECRET-4", "secure": true}
     ]);
     bg.send(&setup_response_frame(&data));
@@ -767,4 +797,342 @@ async fn in_process_logs_never_show_the_platform_key() {
     let logs = log_text();
     assert!(logs.contains("Connect channel set up"));
     assert!(!logs.contains("platform-key-SECRET-1"));
+}
+
+/// Issue 13 item 5: the platform cannot switch storage off (nor move it, nor change the id
+/// strategy): those variables are refused with a WARN naming them, and events are still stored.
+#[tokio::test]
+async fn extension_variables_cannot_switch_storage_off() {
+    let platform = FakePlatform::start().await;
+    let mut data = setup_response_data();
+    data["variables"] = json!([
+        {"name": "STORAGE_BACKENDS", "value": "none", "secure": false},
+        {"name": "STORAGE_PRIMARY", "value": "none", "secure": false},
+        {"name": "LOCAL_DATA_DIR", "value": "/tmp/elsewhere-zz", "secure": false},
+        {"name": "ID_STRATEGY", "value": "generated", "secure": false}
+    ]);
+    *platform.state.setup_response.lock().unwrap() = data;
+    let h = Harness::start_with(platform, &[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    h.platform
+        .add_object(purchase_object("PR-NOT-DISCARDED", "pending"));
+    bg.send(&background_task("TQ-ND", "PR-NOT-DISCARDED"));
+    let r = bg.recv_json().await;
+    assert_eq!(output(&r)["result"], "success", "{r}");
+    let stored = h.stored().await;
+    assert!(
+        stored.iter().any(|d| d["id"] == "PR-NOT-DISCARDED"),
+        "the event was not stored: {stored:?}"
+    );
+    assert_eq!(h.storage.current().name(), "local");
+    // Redelivered: still one document (the id strategy was not switched to `generated`).
+    bg.send(&background_task("TQ-ND-2", "PR-NOT-DISCARDED"));
+    bg.recv_json().await;
+    assert_eq!(h.stored().await.len(), 1);
+    let logs = log_text();
+    for var in [
+        "STORAGE_BACKENDS",
+        "STORAGE_PRIMARY",
+        "LOCAL_DATA_DIR",
+        "ID_STRATEGY",
+    ] {
+        assert!(
+            logs.lines().any(|l| l.contains("WARN")
+                && l.contains("extension variable refused")
+                && l.contains(var)),
+            "no WARN naming {var}"
+        );
+    }
+    assert!(!logs.contains("elsewhere-zz"));
+    h.shutdown().await;
+}
+
+/// Issue 13 item 10: local secrets never reach the platform — not in `setup_request` (secure
+/// variables are declared with a placeholder), not in any other frame.
+#[tokio::test]
+async fn no_frame_to_the_platform_carries_a_local_secret() {
+    let h = Harness::start(
+        &[
+            ("STORAGE_BACKENDS", "local"),
+            ("DB_HOST", "cluster0.example"),
+            ("DB_USER", "alice"),
+            ("DB_PASSWORD", "db-pass-SECRET-21"),
+            ("DATA_API_KEY", "data-key-SECRET-22"),
+            ("DATA_API_PASSWORD", "data-pass-SECRET-23"),
+            ("DATA_API_BEARER_TOKEN", "bearer-SECRET-24"),
+            ("MONGODB_URI", "mongodb://u:uri-SECRET-25@db.example/"),
+            ("HTTP_TOKEN", "http-token-SECRET-26"),
+        ],
+        None,
+    )
+    .await;
+    let (mut bg, ia) = h.platform.both_channels().await;
+    for conn in [&bg, &ia] {
+        let vars = conn.setup_request["data"]["variables"].as_array().unwrap();
+        for v in vars.iter().filter(|v| v["secure"] == true) {
+            assert_eq!(v["initial_value"], "", "{v}");
+        }
+        assert!(vars
+            .iter()
+            .any(|v| v["name"] == "DB_USER" && v["initial_value"] == "alice"));
+    }
+    h.platform
+        .add_object(purchase_object("PR-NOLEAK", "pending"));
+    bg.send(&background_task("TQ-NOLEAK", "PR-NOLEAK"));
+    assert_eq!(output(&bg.recv_json().await)["result"], "success");
+    let platform = h.platform.clone();
+    h.shutdown().await;
+    let frames = platform.received();
+    assert!(frames.len() >= 3, "{frames:?}");
+    for f in &frames {
+        assert!(
+            !f.contains("SECRET"),
+            "a local secret reached the platform: {f}"
+        );
+    }
+}
+
+/// Issue 13 item 12: an excerpt of a bad frame cannot forge a log line or reach the terminal raw.
+#[tokio::test]
+async fn bad_frame_excerpts_have_no_raw_control_characters() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    bg.send_text("not json CTRL-MARK\nFORGED-LOG-LINE level=ERROR \u{1b}[31mred\u{1b}[0m nul\0end");
+    h.platform.add_object(purchase_object("PR-CTRL", "pending"));
+    bg.send(&background_task("TQ-CTRL", "PR-CTRL"));
+    bg.recv_json().await;
+    let logs = log_text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("CTRL-MARK"))
+        .expect("the bad frame is logged");
+    assert!(line.contains("frame skipped"), "{line}");
+    assert!(
+        line.contains("FORGED-LOG-LINE"),
+        "the excerpt continues on the same line: {line}"
+    );
+    assert!(!logs.lines().any(|l| l.starts_with("FORGED-LOG-LINE")));
+    assert!(!logs.contains('\u{1b}') && !logs.contains('\0'));
+    h.shutdown().await;
+}
+
+/// Issue 13 item 15: a setting of a backend that is not selected triggers no rebuild.
+#[tokio::test]
+async fn a_setting_of_an_unselected_backend_does_not_rebuild_the_storage() {
+    let h = Harness::start(&[], None).await;
+    let (bg, ia) = h.platform.both_channels().await;
+    let updated = || {
+        log_text()
+            .matches("Extension configuration has been updated.")
+            .count()
+    };
+    assert!(eventually(|| updated() >= 2).await);
+    let before = h.storage.current();
+    let seen = updated();
+    let mut data = setup_response_data();
+    data["variables"] = json!([
+        {"name": "HTTP_COLLECTION", "value": "another_http_collection", "secure": false},
+        {"name": "CLUSTER", "value": "Cluster9", "secure": false},
+        {"name": "DRIVER_COLLECTION", "value": "another_driver_collection", "secure": false}
+    ]);
+    bg.send(&setup_response_frame(&data));
+    ia.send(&setup_response_frame(&data));
+    assert!(eventually(|| updated() >= seen + 2).await);
+    assert!(
+        Arc::ptr_eq(&before, &h.storage.current()),
+        "the local storage was rebuilt for settings of unselected backends"
+    );
+    h.shutdown().await;
+}
+
+/// Issue 13 item 15: a storage rebuild that hangs (a MongoDB that accepts and never answers) is
+/// bounded; the channel serves events on the current storage meanwhile.
+#[tokio::test]
+async fn a_hanging_storage_rebuild_is_bounded() {
+    // Accepts TCP connections (kernel backlog) and never answers.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = black_hole.local_addr().unwrap();
+    let platform = FakePlatform::start().await;
+    let mut data = setup_response_data();
+    data["variables"] = json!([
+        {"name": "MONGODB_URI", "value": format!("mongodb://{addr}/?connectTimeoutMS=600000"), "secure": true},
+        {"name": "DRIVER_SERVER_SELECTION_TIMEOUT_MS", "value": "600000", "secure": false}
+    ]);
+    *platform.state.setup_response.lock().unwrap() = data;
+    let h = Harness::start_with(platform, &[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    h.platform.add_object(purchase_object("PR-HANG", "pending"));
+    bg.send(&background_task("TQ-HANG", "PR-HANG"));
+    let r = bg.recv_json().await;
+    assert_eq!(output(&r)["result"], "success", "{r}");
+    assert!(h.stored().await.iter().any(|d| d["id"] == "PR-HANG"));
+    // Both channels set up; the same failing configuration is not tried again for the second
+    // channel (each attempt would hold its set-up for the whole timeout).
+    let mut ready = 0;
+    for _ in 0..500 {
+        ready = h.get("/ready").await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, 200);
+    assert_eq!(
+        log_text()
+            .matches("timed out; keeping the current storage")
+            .count(),
+        1
+    );
+    drop(black_hole);
+    h.shutdown().await;
+}
+
+fn results_pending(metrics: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(r#"connect_ext_results_pending{channel="background"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Issue 13 item 15: while the platform is unreachable, results wait in a buffer bounded by bytes
+/// (CONNECT_RESULT_BUFFER_BYTES) as well as by count; none is lost: all are sent after the reconnect.
+#[tokio::test]
+async fn the_result_buffer_is_bounded_by_bytes() {
+    let h = Harness::start(&[("CONNECT_RESULT_BUFFER_BYTES", "4096")], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    for i in 0..20 {
+        let id = format!("PR-BUF-{i:02}");
+        h.platform.add_object(purchase_object(&id, "pending"));
+        h.platform.hold(&id);
+        bg.send(&background_task(&format!("TQ-BUF-{i:02}"), &id));
+    }
+    h.platform.wait_object_gets(20).await;
+    h.platform.refuse_connections(true);
+    bg.drop_socket();
+    let _ = bg.recv().await; // gone
+    h.platform.release();
+    // Wait until the pending count stops moving.
+    let mut last = -1.0;
+    let mut stable = 0;
+    while stable < 30 {
+        let (_, m) = h.get("/metrics").await;
+        let now = results_pending(&m).unwrap_or(0.0);
+        if now == last && now > 0.0 {
+            stable += 1;
+        } else {
+            stable = 0;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let frame_len = background_task("TQ-BUF-00", "PR-BUF-00").to_string().len();
+    let bound = (4096 / frame_len + 1) as f64;
+    assert!(
+        last <= bound,
+        "{last} results buffered (bound {bound}, ~{frame_len} bytes each)"
+    );
+    h.platform.refuse_connections(false);
+    let mut bg2 = h.platform.next_conn().await;
+    while bg2.runner_type() != "background" {
+        bg2 = h.platform.next_conn().await;
+    }
+    let results = bg2.results(20).await;
+    assert!(results.values().all(|r| output(r)["result"] == "success"));
+    h.shutdown().await;
+}
+
+/// Issue 13 item 15: an over-long REST answer is never read whole: a retriable error (`retry`).
+#[tokio::test]
+async fn an_over_long_rest_answer_is_a_retriable_error() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    let mut big = purchase_object("PR-BIG", "pending");
+    big["note"] = json!("x".repeat(400 * 1024)); // the tests' bound is 256 KiB
+    h.platform.add_object(big);
+    bg.send(&background_task("TQ-BIG", "PR-BIG"));
+    let r = bg.recv_json().await;
+    assert_eq!(output(&r)["result"], "retry", "{}", output(&r));
+    let m = output(&r)["message"].as_str().unwrap();
+    assert!(m.contains("longer than"), "{m}");
+    assert!(h.stored().await.is_empty());
+    h.shutdown().await;
+}
+
+/// A store whose `close` never returns (a hung database at shutdown).
+struct HangingClose(Arc<dyn connect_extension_mongodb::storage::Storage>);
+
+#[async_trait]
+impl connect_extension_mongodb::storage::Storage for HangingClose {
+    fn name(&self) -> &'static str {
+        "hanging_close"
+    }
+    async fn save(
+        &self,
+        doc: &connect_extension_mongodb::storage::EventDocument,
+    ) -> Result<
+        connect_extension_mongodb::storage::SaveOutcome,
+        connect_extension_mongodb::storage::StorageError,
+    > {
+        self.0.save(doc).await
+    }
+    async fn ping(&self) -> Result<(), connect_extension_mongodb::storage::StorageError> {
+        self.0.ping().await
+    }
+    async fn get(
+        &self,
+        id: &str,
+    ) -> Result<Option<Value>, connect_extension_mongodb::storage::StorageError> {
+        self.0.get(id).await
+    }
+    async fn list(
+        &self,
+        q: &connect_extension_mongodb::storage::ListQuery,
+    ) -> Result<Vec<Value>, connect_extension_mongodb::storage::StorageError> {
+        self.0.list(q).await
+    }
+    async fn close(&self) {
+        std::future::pending::<()>().await
+    }
+}
+
+/// Issue 13 item 15: closing the storage at shutdown is bounded by the grace period.
+#[tokio::test]
+async fn storage_close_at_shutdown_is_bounded_by_the_grace() {
+    let h = Harness::start(&[("SHUTDOWN_GRACE", "1")], None).await;
+    let (_bg, _ia) = h.platform.both_channels().await;
+    let current = h.storage.current();
+    h.storage.replace(Arc::new(HangingClose(current)));
+    h.stop.cancel();
+    let res = tokio::time::timeout(Duration::from_secs(20), h.run)
+        .await
+        .expect("the daemon waited forever for storage close");
+    res.unwrap().unwrap();
+    assert!(log_text().contains("storage did not close within the grace period"));
+}
+
+/// Issue 13 item 14: a setting that used to panic both channels (and exit 0) is refused at start
+/// with a non-zero exit, naming the variable.
+#[tokio::test]
+async fn an_out_of_range_ping_interval_fails_the_daemon() {
+    let platform = FakePlatform::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_connect-extension-mongodb"));
+    cmd.env_clear()
+        .envs(env_for(&platform, &dir.path().join("data")))
+        .env("CONNECT_PING_INTERVAL", u64::MAX.to_string())
+        .env("SHUTDOWN_GRACE", "1")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("daemon did not exit")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit 0 after a panic:\n{stderr}");
+    assert!(stderr.contains("CONNECT_PING_INTERVAL"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

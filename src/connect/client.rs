@@ -10,9 +10,10 @@
 //!   (back-pressure), never because of a fetch.
 //! * Results go out the moment they exist. A result that cannot be sent stays at the head of the
 //!   outbox and is sent first after the reconnect. The outbox holds at most `result_buffer`
-//!   results; when full, finished tasks wait (and hold their in-flight slot), so nothing is dropped.
+//!   results and `result_buffer_bytes` bytes (a single larger result passes alone); when full,
+//!   finished tasks wait (and hold their in-flight slot), so nothing is dropped.
 //! * A frame that is not JSON, not version 2, of unknown type, or invalid is logged (a scrubbed
-//!   200-byte excerpt) and skipped; the next frame is read at once.
+//!   200-byte excerpt, control characters escaped) and skipped; the next frame is read at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -68,6 +69,8 @@ pub struct ChannelOptions {
     pub max_frame_bytes: usize,
     pub max_in_flight: usize,
     pub result_buffer: usize,
+    /// The same bound in bytes (CONNECT_RESULT_BUFFER_BYTES).
+    pub result_buffer_bytes: usize,
     pub setup_timeout: Duration,
     pub ping_interval: Duration,
     /// Bound on draining after the platform's `shutdown` (BACKGROUND_TASK_MAX_EXECUTION_TIME + 90 s).
@@ -93,6 +96,7 @@ struct OutFrame {
     text: tungstenite::Utf8Bytes,
     labels: Option<ResultLabels>,
     _space: Option<OwnedSemaphorePermit>,
+    _bytes: Option<OwnedSemaphorePermit>,
 }
 
 /// Results not yet on the wire, oldest first. Shared by all connections of a channel.
@@ -100,6 +104,9 @@ struct Outbox {
     queue: Mutex<VecDeque<OutFrame>>,
     notify: Notify,
     space: Arc<Semaphore>,
+    /// One permit per byte queued, `result_buffer_bytes` in all.
+    bytes: Arc<Semaphore>,
+    bytes_cap: usize,
     gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -116,6 +123,19 @@ impl Outbox {
             .await
             .expect("never closed");
         frame._space = Some(permit);
+        // A result larger than the whole budget takes all of it (it passes alone), never more.
+        let need = frame
+            .text
+            .len()
+            .clamp(1, self.bytes_cap)
+            .min(u32::MAX as usize) as u32;
+        let bytes = self
+            .bytes
+            .clone()
+            .acquire_many_owned(need)
+            .await
+            .expect("never closed");
+        frame._bytes = Some(bytes);
         self.push_now(frame);
     }
     /// Queues without waiting (shutdown answers).
@@ -160,6 +180,21 @@ pub struct ChannelStatus {
 }
 
 impl ChannelStatus {
+    pub fn new(runner_type: RunnerType) -> Self {
+        Self {
+            runner_type,
+            ready: AtomicBool::new(false),
+            problem: Mutex::new("not connected yet".into()),
+        }
+    }
+    /// The channel task ended abnormally (panic): not ready, with the reason, for good.
+    pub fn set_failed(&self, reason: &str) {
+        self.set(false, reason);
+    }
+    #[cfg(test)]
+    pub(crate) fn set_ready_for_test(&self) {
+        self.set(true, "");
+    }
     fn set(&self, ready: bool, problem: &str) {
         self.ready.store(ready, Ordering::SeqCst);
         *self.problem.lock().expect("status lock") = problem.to_string();
@@ -201,6 +236,10 @@ pub struct Channel {
 
 impl Channel {
     pub fn new(opts: ChannelOptions, shared: Arc<Shared>) -> Arc<Self> {
+        let bytes_cap = opts
+            .result_buffer_bytes
+            .clamp(1, Semaphore::MAX_PERMITS)
+            .min(u32::MAX as usize);
         let labels = ChannelLabels {
             channel: opts.runner_type.as_str().to_string(),
         };
@@ -216,15 +255,13 @@ impl Channel {
             .clone();
         Arc::new(Channel {
             in_flight_gauge,
-            status: Arc::new(ChannelStatus {
-                runner_type: opts.runner_type,
-                ready: AtomicBool::new(false),
-                problem: Mutex::new("not connected yet".into()),
-            }),
+            status: Arc::new(ChannelStatus::new(opts.runner_type)),
             outbox: Arc::new(Outbox {
                 queue: Mutex::new(VecDeque::new()),
                 notify: Notify::new(),
                 space: Arc::new(Semaphore::new(opts.result_buffer.max(1))),
+                bytes: Arc::new(Semaphore::new(bytes_cap)),
+                bytes_cap,
                 gauge,
             }),
             slots: Arc::new(Semaphore::new(opts.max_in_flight.max(1))),
@@ -616,6 +653,7 @@ impl Channel {
             text: protocol::to_wire(&Envelope::new("task", &t)).into(),
             labels: Some(labels),
             _space: None,
+            _bytes: None,
         }
     }
 

@@ -4,14 +4,21 @@
 //! only when the new value is truthy (so nothing can be cleared and an empty `variables` list keeps
 //! the old one). Event definitions are per channel and kept by the channel (first response only).
 //!
-//! **Extension variables → storage settings.** A platform variable named like one of the storage
-//! environment variables (`DATA_API_ENDPOINT`, `DB`, `HTTP_COLLECTION`, `CLUSTER`, `DB_HOST`,
-//! `DB_USER`, `DB_PASSWORD`, `DRIVER_COLLECTION`, and any other `storage.*` variable of
-//! [`crate::config::ENV_VARS`] such as `LOCAL_DATA_DIR` or `STORAGE_BACKENDS`) overrides the local
-//! setting; the extension variable `API_KEY` is the **Data API key** (as in the tutorial), never the
-//! Connect key. Empty values do not override. When the effective storage settings change, the
-//! backends are rebuilt and swapped in ([`SharedStorage::replace`]); saves already running finish
-//! on the old backend, which is closed once the last of them lets go of it.
+//! **Extension variables → storage settings.** Only the storage *connection* settings may come
+//! from the platform ([`EXTENSION_VARIABLES`]): the tutorial's nine (`DATA_API_ENDPOINT`, `API_KEY`,
+//! `DB`, `HTTP_COLLECTION`, `CLUSTER`, `DB_HOST`, `DB_USER`, `DB_PASSWORD`, `DRIVER_COLLECTION`)
+//! and their documented extensions (`MONGODB_URI`, the other `DATA_API_*` credentials and
+//! timeouts, the `DRIVER_*` tuning). The extension variable `API_KEY` is the **Data API key** (as
+//! in the tutorial), never the Connect key. What decides *whether and where* events are kept —
+//! `STORAGE_BACKENDS`, `STORAGE_PRIMARY`, `LOCAL_DATA_DIR`, `ID_STRATEGY` (the idempotency key),
+//! `RESCHEDULE_COUNTDOWN` — is refused with a WARN naming the variable (never its value), so the
+//! platform can never switch storage off or to the discard backend. Empty values do not override.
+//!
+//! When a setting of a *selected* backend changes, the backends are rebuilt (bounded by
+//! [`super::Tuning::storage_rebuild_timeout`]) and swapped in ([`SharedStorage::replace`]); saves
+//! already running finish on the old backend, which is closed once the last of them lets go of it.
+//! A setting of a backend that is not selected (e.g. `HTTP_COLLECTION` when only the driver is)
+//! triggers no rebuild.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -19,40 +26,88 @@ use std::time::Duration;
 
 use super::protocol::{LoggingMeta, SetupResponse, Variable, VariableDecl};
 use super::redact::Scrubber;
-use crate::config::{DataApiSettings, DriverSettings, Secret, Settings, ENV_VARS};
+use crate::config::{BackendKind, DataApiSettings, DriverSettings, Secret, Settings, ENV_VARS};
 use crate::storage::SharedStorage;
 
+/// The initial value declared for a secure variable: never the local secret (the platform would
+/// store it and show it to every portal user). Empty, so that it never overrides the local value
+/// when the platform sends it back unchanged.
+pub const SECURE_PLACEHOLDER: &str = "";
+
 /// The extension variables declared in `setup_request` (issue 3 / the tutorial), in order, with
-/// their initial values taken from the local configuration.
+/// their initial values taken from the local configuration — secure ones get
+/// [`SECURE_PLACEHOLDER`].
 pub fn declared_variables(settings: &Settings) -> Vec<VariableDecl> {
     let s = &settings.storage;
     let decl = |name: &str, value: &str, secure: bool| VariableDecl {
         name: name.to_string(),
-        initial_value: value.to_string(),
+        initial_value: if secure {
+            SECURE_PLACEHOLDER.to_string()
+        } else {
+            value.to_string()
+        },
         secure,
     };
     vec![
         decl("DATA_API_ENDPOINT", &s.data_api.endpoint, false),
-        decl("API_KEY", s.data_api.api_key.expose(), true),
+        decl("API_KEY", "", true),
         decl("DB", &s.database, false),
         decl("HTTP_COLLECTION", &s.data_api.collection, false),
         decl("CLUSTER", &s.data_api.cluster, false),
         decl("DB_HOST", &s.driver.host, false),
         decl("DB_USER", &s.driver.user, false),
-        decl("DB_PASSWORD", s.driver.password.expose(), true),
+        decl("DB_PASSWORD", "", true),
         decl("DRIVER_COLLECTION", &s.driver.collection, false),
     ]
 }
 
-/// The settings key an extension variable overrides, if any.
+/// The extension variables that may change a storage setting (besides `API_KEY`, the Data API
+/// key): the tutorial's and their documented extensions. Everything else named like a storage
+/// environment variable is refused ([`refused_variable`]).
+pub const EXTENSION_VARIABLES: &[&str] = &[
+    "DATA_API_ENDPOINT",
+    "DB",
+    "HTTP_COLLECTION",
+    "CLUSTER",
+    "DB_HOST",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DRIVER_COLLECTION",
+    "MONGODB_URI",
+    "DATA_API_KEY",
+    "DATA_API_BEARER_TOKEN",
+    "DATA_API_EMAIL",
+    "DATA_API_PASSWORD",
+    "DATA_API_EJSON",
+    "DATA_API_TIMEOUT_MS",
+    "DATA_API_DEADLINE_MS",
+    "DRIVER_WRITE_CONCERN",
+    "DRIVER_SERVER_SELECTION_TIMEOUT_MS",
+    "DRIVER_OPERATION_TIMEOUT_MS",
+    "DRIVER_BATCH_MAX",
+    "DRIVER_BATCH_WAIT_MS",
+];
+
+/// The settings key an extension variable overrides, if it may.
 pub fn storage_key_for_variable(name: &str) -> Option<&'static str> {
     if name == "API_KEY" {
         return Some("storage.data_api.api_key");
+    }
+    if !EXTENSION_VARIABLES.contains(&name) {
+        return None;
     }
     ENV_VARS
         .iter()
         .find(|v| v.name == name && v.key.starts_with("storage."))
         .map(|v| v.key)
+}
+
+/// A storage variable the platform may not set (`STORAGE_BACKENDS`, `LOCAL_DATA_DIR`, …).
+pub fn refused_variable(name: &str) -> bool {
+    storage_key_for_variable(name).is_none()
+        && ENV_VARS
+            .iter()
+            .any(|v| v.name == name && v.key.starts_with("storage."))
 }
 
 fn parse_num<T: std::str::FromStr>(value: &str) -> Result<T, String> {
@@ -109,28 +164,43 @@ pub fn set_storage_key(settings: &mut Settings, key: &str, value: &str) -> Resul
     Ok(())
 }
 
-/// What decides which backends are built: compared to tell whether a rebuild is needed.
+/// What the built storage depends on: the selected backends and the settings of those only —
+/// compared to tell whether a rebuild is needed (a setting of an unselected backend never is).
 #[derive(Debug, Clone, PartialEq)]
 struct StorageFingerprint {
-    backends: String,
-    primary: String,
-    database: String,
-    local_path: PathBuf,
-    driver: DriverSettings,
-    data_api: DataApiSettings,
+    backends: Vec<BackendKind>,
+    primary: Option<BackendKind>,
+    database: Option<String>,
+    local_path: Option<PathBuf>,
+    driver: Option<DriverSettings>,
+    data_api: Option<DataApiSettings>,
 }
 
 impl StorageFingerprint {
     fn of(s: &Settings) -> Self {
+        let st = &s.storage;
+        let backends = st.backend_list().unwrap_or_default();
+        let has = |k: BackendKind| backends.contains(&k);
+        let remote = has(BackendKind::Driver) || has(BackendKind::DataApi);
         Self {
-            backends: s.storage.backends.clone(),
-            primary: s.storage.primary.clone(),
-            database: s.storage.database.clone(),
-            local_path: s.storage.local.path.clone(),
-            driver: s.storage.driver.clone(),
-            data_api: s.storage.data_api.clone(),
+            primary: st.primary_backend().ok(),
+            database: remote.then(|| st.database.clone()),
+            local_path: has(BackendKind::Local).then(|| st.local.path.clone()),
+            driver: has(BackendKind::Driver).then(|| st.driver.clone()),
+            data_api: has(BackendKind::DataApi).then(|| st.data_api.clone()),
+            backends,
         }
     }
+}
+
+/// How long a storage configuration that could not be built is not tried again (each attempt
+/// holds a channel's set-up for up to the rebuild timeout).
+const FAILED_REBUILD_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The installed storage and the last configuration that could not be built.
+struct Applied {
+    installed: StorageFingerprint,
+    failed: Option<(StorageFingerprint, tokio::time::Instant)>,
 }
 
 /// The merged platform configuration (shared by both channels of this process).
@@ -197,18 +267,33 @@ pub struct LiveConfig {
     storage: Arc<SharedStorage>,
     scrubber: Arc<Scrubber>,
     /// The storage fingerprint currently installed; the async lock serializes rebuilds.
-    applied: tokio::sync::Mutex<StorageFingerprint>,
+    applied: tokio::sync::Mutex<Applied>,
+    /// Refused variables already warned about (name and a hash of the value): one WARN per
+    /// distinct refused setting, not one per channel and reconnect.
+    refused_warned: Mutex<std::collections::HashSet<(String, u64)>>,
+    /// Longest wait for a rebuild (connect + start-up check of the new backends).
+    rebuild_timeout: Duration,
 }
 
 impl LiveConfig {
-    pub fn new(base: Settings, storage: Arc<SharedStorage>, scrubber: Arc<Scrubber>) -> Self {
-        let applied = tokio::sync::Mutex::new(StorageFingerprint::of(&base));
+    pub fn new(
+        base: Settings,
+        storage: Arc<SharedStorage>,
+        scrubber: Arc<Scrubber>,
+        rebuild_timeout: Duration,
+    ) -> Self {
+        let applied = tokio::sync::Mutex::new(Applied {
+            installed: StorageFingerprint::of(&base),
+            failed: None,
+        });
         Self {
             base,
             merged: Mutex::new(Merged::default()),
             storage,
             scrubber,
             applied,
+            refused_warned: Mutex::new(Default::default()),
+            rebuild_timeout,
         }
     }
 
@@ -233,13 +318,36 @@ impl LiveConfig {
                 continue;
             };
             let Some(key) = storage_key_for_variable(&var.name) else {
+                if refused_variable(&var.name) && self.first_refusal(&var.name, value) {
+                    tracing::warn!(
+                        variable = %var.name,
+                        "extension variable refused: only the storage connection settings may come from the platform (docs/connect.md); the local setting is kept"
+                    );
+                }
                 continue;
             };
             if let Err(e) = set_storage_key(&mut s, key, value) {
-                tracing::warn!(variable = %var.name, error = %e, "extension variable ignored");
+                // The error quotes the value: never for a secret.
+                let secret = var.secure || ENV_VARS.iter().any(|v| v.key == key && v.secret);
+                if secret {
+                    tracing::warn!(variable = %var.name, "extension variable ignored: invalid value");
+                } else {
+                    tracing::warn!(variable = %var.name, error = %crate::sanitize::escape_control(&e), "extension variable ignored");
+                }
             }
         }
         s
+    }
+
+    /// True the first time this refused variable is seen with this value.
+    fn first_refusal(&self, name: &str, value: &str) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        value.hash(&mut h);
+        self.refused_warned
+            .lock()
+            .expect("refused lock")
+            .insert((name.to_string(), h.finish()))
     }
 
     /// Merges a `setup_response` and applies it: storage rebuilt when its settings changed.
@@ -283,18 +391,35 @@ impl LiveConfig {
         // Read the merged state under the rebuild lock, so concurrent updates apply in order.
         let settings = self.effective_settings(&self.snapshot());
         let wanted = StorageFingerprint::of(&settings);
-        if *applied == wanted {
+        if applied.installed == wanted {
+            applied.failed = None;
             return;
+        }
+        if let Some((failed, at)) = &applied.failed {
+            if *failed == wanted && at.elapsed() < FAILED_REBUILD_RETRY_AFTER {
+                tracing::debug!("the storage the extension variables describe failed to build recently; keeping the current storage");
+                return;
+            }
         }
         if let Err(e) = settings.validate() {
             tracing::error!(error = %e, "extension variables give an invalid storage configuration; keeping the current storage");
             return;
         }
-        match crate::storage::connect(&settings).await {
-            Ok(new) => {
+        let base_discards = StorageFingerprint::of(&self.base)
+            .backends
+            .contains(&BackendKind::Discard);
+        if wanted.backends.contains(&BackendKind::Discard) && !base_discards {
+            tracing::warn!("extension variables would select the discard backend (`none`): refused; keeping the current storage");
+            return;
+        }
+        let built =
+            tokio::time::timeout(self.rebuild_timeout, crate::storage::connect(&settings)).await;
+        match built {
+            Ok(Ok(new)) => {
                 let name = new.name();
                 let old = self.storage.replace(new);
-                *applied = wanted;
+                applied.installed = wanted;
+                applied.failed = None;
                 tracing::info!(
                     backend = name,
                     previous = old.name(),
@@ -302,8 +427,16 @@ impl LiveConfig {
                 );
                 tokio::spawn(close_when_released(old));
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the storage the extension variables describe; keeping the current storage (will try again on the next configuration update)")
+            Ok(Err(e)) => {
+                applied.failed = Some((wanted, tokio::time::Instant::now()));
+                tracing::error!(error = %e, "cannot build the storage the extension variables describe; keeping the current storage (tried again on the next configuration change, or after 5 minutes)")
+            }
+            Err(_) => {
+                applied.failed = Some((wanted, tokio::time::Instant::now()));
+                tracing::error!(
+                    timeout_secs = self.rebuild_timeout.as_secs_f64(),
+                    "building the storage the extension variables describe timed out; keeping the current storage (tried again on the next configuration change, or after 5 minutes)"
+                )
             }
         }
     }
@@ -315,7 +448,16 @@ async fn close_when_released(old: Arc<dyn crate::storage::Storage>) {
     while Arc::strong_count(&old) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    old.close().await;
+    if tokio::time::timeout(Duration::from_secs(60), old.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            backend = old.name(),
+            "previous storage did not close within 60 s; dropped"
+        );
+        return;
+    }
     tracing::debug!(backend = old.name(), "previous storage closed");
 }
 
@@ -373,26 +515,70 @@ mod tests {
             storage_key_for_variable("HTTP_COLLECTION"),
             Some("storage.data_api.collection")
         );
-        assert_eq!(
-            storage_key_for_variable("LOCAL_DATA_DIR"),
-            Some("storage.local.path")
-        );
+        // What decides whether and where events are kept is refused.
+        for name in [
+            "LOCAL_DATA_DIR",
+            "STORAGE_BACKENDS",
+            "STORAGE_PRIMARY",
+            "ID_STRATEGY",
+            "RESCHEDULE_COUNTDOWN",
+        ] {
+            assert_eq!(storage_key_for_variable(name), None, "{name}");
+            assert!(refused_variable(name), "{name}");
+        }
         assert_eq!(storage_key_for_variable("ENVIRONMENT_ID"), None);
         assert_eq!(storage_key_for_variable("GREETING"), None);
-        // every storage.* env var can be set
+        assert!(!refused_variable("GREETING"));
+        assert!(!refused_variable("DB"));
+        // every allowed variable can be set
         let mut s = Settings::load_with(None, |_| None).unwrap();
-        for v in ENV_VARS.iter().filter(|v| v.key.starts_with("storage.")) {
-            let value = if v.key.ends_with("_ms")
-                || v.key.ends_with("batch_max")
-                || v.key.ends_with("countdown")
-            {
+        for name in EXTENSION_VARIABLES.iter().chain(["API_KEY"].iter()) {
+            let key = storage_key_for_variable(name).unwrap_or_else(|| panic!("{name}"));
+            let value = if key.ends_with("_ms") || key.ends_with("batch_max") {
                 "40"
-            } else if v.key.ends_with("id_strategy") {
-                "task"
             } else {
                 "x"
             };
-            set_storage_key(&mut s, v.key, value).unwrap_or_else(|e| panic!("{}: {e}", v.key));
+            set_storage_key(&mut s, key, value).unwrap_or_else(|e| panic!("{key}: {e}"));
         }
+    }
+
+    #[test]
+    fn secure_variables_are_declared_with_a_placeholder() {
+        let s = Settings::from_vars([
+            ("DATA_API_KEY", "dk-SECRET"),
+            ("DB_HOST", "h"),
+            ("DB_USER", "u"),
+            ("DB_PASSWORD", "pw-SECRET"),
+        ])
+        .unwrap();
+        let decls = declared_variables(&s);
+        for d in &decls {
+            assert!(!d.initial_value.contains("SECRET"), "{d:?}");
+        }
+        assert!(decls
+            .iter()
+            .any(|d| d.name == "DB_USER" && d.initial_value == "u"));
+    }
+
+    #[test]
+    fn only_settings_of_selected_backends_call_for_a_rebuild() {
+        let base = Settings::from_vars([
+            ("MONGODB_URI", "mongodb://h/"),
+            ("STORAGE_BACKENDS", "driver"),
+        ])
+        .unwrap();
+        let mut other = base.clone();
+        set_storage_key(&mut other, "storage.data_api.collection", "elsewhere").unwrap();
+        set_storage_key(&mut other, "storage.data_api.cluster", "C9").unwrap();
+        assert_eq!(
+            StorageFingerprint::of(&base),
+            StorageFingerprint::of(&other)
+        );
+        set_storage_key(&mut other, "storage.driver.collection", "elsewhere").unwrap();
+        assert_ne!(
+            StorageFingerprint::of(&base),
+            StorageFingerprint::of(&other)
+        );
     }
 }

@@ -54,6 +54,10 @@ pub struct Tuning {
     /// REST 5xx / network retries and the wait between them (runner: 3, 1 s).
     pub rest_retries: u32,
     pub rest_retry_delay: Duration,
+    /// Longest wait for a storage rebuild after "Apply Changes" (then the current storage stays).
+    pub storage_rebuild_timeout: Duration,
+    /// Largest Connect REST response body read; a longer one is a retriable network error.
+    pub rest_max_body_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -67,6 +71,8 @@ impl Default for Tuning {
             flush_timeout: Duration::from_secs(2),
             rest_retries: 3,
             rest_retry_delay: Duration::from_secs(1),
+            storage_rebuild_timeout: Duration::from_secs(60),
+            rest_max_body_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -75,6 +81,8 @@ impl Default for Tuning {
 pub enum ConnectError {
     #[error("Connect channel: {0}")]
     Setup(String),
+    #[error("Connect channel failed: {0}")]
+    Failed(String),
 }
 
 /// The validation event types `CONNECT_PERSIST_INTERACTIVE=true` subscribes to.
@@ -312,6 +320,7 @@ impl ConnectService {
             settings.clone(),
             storage.clone(),
             scrubber.clone(),
+            tuning.storage_rebuild_timeout,
         ));
         let fallback: Arc<dyn Handler> = Arc::new(EchoValidation::new(
             settings.connect.persist_interactive.then(|| {
@@ -350,6 +359,7 @@ impl ConnectService {
                     tuning.rest_retry_delay,
                     metrics.clone(),
                     c.rest_concurrency,
+                    tuning.rest_max_body_bytes,
                 ),
                 api_key: c.api_key.clone(),
                 fallback_validation: fallback,
@@ -375,6 +385,7 @@ impl ConnectService {
                         max_frame_bytes: c.max_frame_bytes,
                         max_in_flight: c.max_in_flight,
                         result_buffer: c.result_buffer,
+                        result_buffer_bytes: c.result_buffer_bytes,
                         setup_timeout: Duration::from_secs(c.setup_timeout),
                         ping_interval: Duration::from_secs(c.ping_interval.max(1)),
                         platform_drain: Duration::from_secs(
@@ -390,8 +401,8 @@ impl ConnectService {
             })
             .collect();
         tracing::info!(
-            websocket = %ws_base,
-            rest = %rest_base,
+            websocket = %crate::config::redact_url(&ws_base),
+            rest = %crate::config::redact_url(&rest_base),
             instance_id = %instance_id,
             proxy = proxy.is_some(),
             "Connect channel configured"
@@ -413,19 +424,57 @@ impl ConnectService {
         })
     }
 
-    /// Runs both channels. Returns true when the platform shut both down (the daemon then exits
-    /// 0, like the runner's master once every worker has exited); false after `stop`.
-    pub async fn run(self, stop: CancellationToken) -> bool {
-        let handles: Vec<_> = self
+    /// Runs both channels. Returns `Ok(true)` when the platform shut both down (the daemon then
+    /// exits 0, like the runner's master once every worker has exited), `Ok(false)` after `stop`,
+    /// and an error when a channel panicked: the other channel is then stopped (it drains as on
+    /// SIGTERM), both report not ready, and the daemon exits non-zero so it is restarted.
+    pub async fn run(self, stop: CancellationToken) -> Result<bool, ConnectError> {
+        let all = stop.child_token();
+        let channels: Vec<(Arc<ChannelStatus>, tokio::task::JoinHandle<bool>)> = self
             .channels
             .into_iter()
-            .map(|c| tokio::spawn(c.run(stop.clone())))
+            .map(|c| (c.status.clone(), tokio::spawn(c.clone().run(all.clone()))))
             .collect();
-        let mut all_platform = true;
-        for h in handles {
-            all_platform &= h.await.unwrap_or(false);
+        supervise(channels, all).await
+    }
+}
+
+/// Waits for every channel task; the first that panics (or is cancelled) stops the others and
+/// makes the result an error. A channel's status turns not ready with the reason.
+pub(crate) async fn supervise(
+    channels: Vec<(Arc<ChannelStatus>, tokio::task::JoinHandle<bool>)>,
+    stop_all: CancellationToken,
+) -> Result<bool, ConnectError> {
+    let mut pending: futures_util::stream::FuturesUnordered<_> = channels
+        .into_iter()
+        .map(|(status, handle)| async move { (status, handle.await) })
+        .collect();
+    let mut all_platform = true;
+    let mut failure: Option<String> = None;
+    use futures_util::StreamExt;
+    while let Some((status, joined)) = pending.next().await {
+        match joined {
+            Ok(platform) => all_platform &= platform,
+            Err(e) => {
+                let what = if e.is_panic() {
+                    "panicked"
+                } else {
+                    "was cancelled"
+                };
+                let reason = format!("the {} channel task {what}", status.runner_type.as_str());
+                status.set_failed(&reason);
+                tracing::error!(
+                    channel = status.runner_type.as_str(),
+                    "{reason}: stopping the Connect channels"
+                );
+                failure.get_or_insert(reason);
+                stop_all.cancel();
+            }
         }
-        all_platform
+    }
+    match failure {
+        Some(reason) => Err(ConnectError::Failed(reason)),
+        None => Ok(all_platform),
     }
 }
 
@@ -471,6 +520,58 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("SERVER_ADDRESS"));
+    }
+
+    fn status(runner_type: RunnerType) -> Arc<ChannelStatus> {
+        Arc::new(ChannelStatus::new(runner_type))
+    }
+
+    /// A panicked channel task is a failure: the other channel is stopped, both statuses say
+    /// why, and the result is an error (the daemon exits non-zero).
+    #[tokio::test]
+    async fn a_panicked_channel_stops_the_other_and_is_an_error() {
+        let stop = CancellationToken::new();
+        let (bg, ia) = (
+            status(RunnerType::Background),
+            status(RunnerType::Interactive),
+        );
+        ia.set_ready_for_test();
+        let waiting = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                false
+            })
+        };
+        let panicking = tokio::spawn(async {
+            tokio::task::yield_now().await;
+            panic!("channel blew up");
+        });
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            supervise(
+                vec![(bg.clone(), panicking), (ia.clone(), waiting)],
+                stop.clone(),
+            ),
+        )
+        .await
+        .expect("supervise must not wait for the healthy channel forever");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("background channel task panicked"), "{e}");
+        assert!(stop.is_cancelled());
+        assert!(!bg.is_ready());
+        assert!(bg.problem().contains("panicked"), "{}", bg.problem());
+        // Two clean ends: the platform's shutdown on both → Ok(true).
+        let done = |v: bool| tokio::spawn(async move { v });
+        let r = supervise(
+            vec![
+                (status(RunnerType::Background), done(true)),
+                (status(RunnerType::Interactive), done(true)),
+            ],
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(r.unwrap());
     }
 
     #[test]

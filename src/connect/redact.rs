@@ -1,6 +1,8 @@
 //! Making frames safe to log: known secret values are masked wherever they appear, and the string
 //! value of any secret-looking JSON key (`api_key`, `password`, `value`, …) is masked even when the
-//! frame is not valid JSON. Only then is the excerpt cut to [`EXCERPT_BYTES`].
+//! frame is not valid JSON. Only then is the excerpt cut to [`EXCERPT_BYTES`], and its control
+//! characters escaped (a newline in a frame must not forge a log line, nor ANSI escapes or NUL
+//! bytes reach the terminal: [`crate::sanitize::escaped_excerpt`]).
 
 use std::sync::RwLock;
 
@@ -43,18 +45,10 @@ impl Scrubber {
         }
     }
 
-    /// `text` with every secret masked, cut to [`EXCERPT_BYTES`] (on a character boundary).
+    /// `text` with every secret masked, cut to [`EXCERPT_BYTES`] (on a character boundary), control
+    /// characters escaped.
     pub fn excerpt(&self, text: &str) -> String {
-        let masked = self.scrub(text);
-        let mut end = masked.len().min(EXCERPT_BYTES);
-        while !masked.is_char_boundary(end) {
-            end -= 1;
-        }
-        let mut out = masked[..end].to_string();
-        if end < masked.len() {
-            out.push('…');
-        }
-        out
+        crate::sanitize::escaped_excerpt(&self.scrub(text), EXCERPT_BYTES)
     }
 
     /// `text` with every secret masked.
@@ -146,5 +140,7 @@ mod tests {
         assert_eq!(out, r#"{"api_key": "***"#);
         let long = "é".repeat(300);
         assert!(s.excerpt(&long).len() <= EXCERPT_BYTES + '…'.len_utf8());
+        let out = s.excerpt("a\nFORGED\u{1b}[31m\0");
+        assert!(!out.chars().any(char::is_control), "{out:?}");
     }
 }

@@ -8,6 +8,10 @@
 //! included; other tasks queue for a slot. Over plain HTTP/1.1 every concurrent call is its own
 //! TCP connection, so without the bound a burst of 512 tasks opened 512 connections and held 512
 //! response bodies at once — more CPU and memory for no more throughput (BENCHMARKS.md).
+//!
+//! Every body read is bounded (`Tuning::rest_max_body_bytes`, 16 MiB): a longer answer is a
+//! retriable network error (`retry`), never an unbounded buffer. Error bodies are read up to 4 KiB
+//! and quoted as a 300-byte excerpt with control characters escaped.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +43,36 @@ pub struct Rest {
     retry_delay: Duration,
     metrics: Arc<Metrics>,
     slots: tokio::sync::Semaphore,
+    max_body_bytes: usize,
+}
+
+/// How much of an error answer is read (for its excerpt).
+const ERROR_BODY_BYTES: usize = 4096;
+
+/// Why a bounded body read stopped.
+enum BodyError {
+    TooLong,
+    Network(String),
+}
+
+/// Reads at most `limit` bytes of `resp`'s body (a `Content-Length` above it is refused unread).
+async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLong);
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(BodyError::TooLong);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(BodyError::Network(error_chain(&e.without_url()))),
+        }
+    }
 }
 
 /// The error chain of `e`, one cause after another (reqwest hides the interesting part in sources).
@@ -64,6 +98,7 @@ impl Rest {
         retry_delay: Duration,
         metrics: Arc<Metrics>,
         concurrency: usize,
+        max_body_bytes: usize,
     ) -> Self {
         Self {
             client,
@@ -72,6 +107,7 @@ impl Rest {
             retry_delay,
             metrics,
             slots: tokio::sync::Semaphore::new(concurrency.max(1)),
+            max_body_bytes: max_body_bytes.max(1),
         }
     }
 
@@ -79,14 +115,14 @@ impl Rest {
         &self.base
     }
 
-    /// GET with the runner's retry policy; returns the successful response and the concurrency
-    /// slot, to be held until its body is read. No slot is held while waiting to retry.
+    /// GET with the runner's retry policy; returns the successful response's headers and body
+    /// (read within the bound, under the concurrency slot). No slot is held while waiting to retry.
     async fn get(
         &self,
         step: &str,
         path: &str,
         key: &str,
-    ) -> Result<(reqwest::Response, tokio::sync::SemaphorePermit<'_>), RestError> {
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), RestError> {
         let url = format!("{}{}", self.base, path);
         let mut attempt = 0;
         loop {
@@ -98,32 +134,49 @@ impl Rest {
                 .header(reqwest::header::AUTHORIZATION, key)
                 .send()
                 .await;
+            let network = |message: String| RestError::Network {
+                path: path.to_string(),
+                message,
+            };
             let (outcome, retriable, err) = match result {
                 Ok(resp) if resp.status().is_success() => {
-                    self.observe(step, "ok", started);
-                    return Ok((resp, slot));
+                    let headers = resp.headers().clone();
+                    match read_bounded(resp, self.max_body_bytes).await {
+                        Ok(body) => {
+                            self.observe(step, "ok", started);
+                            return Ok((headers, body));
+                        }
+                        Err(BodyError::TooLong) => (
+                            "error".to_string(),
+                            true,
+                            network(format!(
+                                "the answer is longer than {} bytes",
+                                self.max_body_bytes
+                            )),
+                        ),
+                        Err(BodyError::Network(m)) => ("error".to_string(), true, network(m)),
+                    }
                 }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    let body = resp.text().await.unwrap_or_default();
-                    let body: String = body.chars().take(300).collect();
+                    let body = match read_bounded(resp, ERROR_BODY_BYTES).await {
+                        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                        Err(_) => String::new(),
+                    };
                     (
                         format!("http_{status}"),
                         status >= 500,
                         RestError::Status {
                             path: path.to_string(),
                             status,
-                            body,
+                            body: crate::sanitize::escaped_excerpt(&body, 300),
                         },
                     )
                 }
                 Err(e) => (
                     "error".to_string(),
                     true,
-                    RestError::Network {
-                        path: path.to_string(),
-                        message: error_chain(&e.without_url()),
-                    },
+                    network(error_chain(&e.without_url())),
                 ),
             };
             self.observe(step, &outcome, started);
@@ -151,9 +204,8 @@ impl Rest {
     /// The filter is sent raw (no percent-encoding of `(`, `)` or `,`), as the runner does.
     pub async fn count(&self, collection: &str, filter: &str, key: &str) -> Result<u64, RestError> {
         let path = format!("{collection}?{filter}&limit=0&offset=0");
-        let (resp, _slot) = self.get("count", &path, key).await?;
-        let header = resp
-            .headers()
+        let (headers, _body) = self.get("count", &path, key).await?;
+        let header = headers
             .get(reqwest::header::CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
@@ -176,10 +228,10 @@ impl Rest {
 
     /// `GET {path}` as JSON.
     pub async fn get_json(&self, path: &str, key: &str) -> Result<Value, RestError> {
-        let (resp, _slot) = self.get("get", path, key).await?;
-        resp.json::<Value>().await.map_err(|e| RestError::Invalid {
+        let (_headers, body) = self.get("get", path, key).await?;
+        serde_json::from_slice::<Value>(&body).map_err(|e| RestError::Invalid {
             path: path.to_string(),
-            message: format!("the answer is not JSON: {}", error_chain(&e.without_url())),
+            message: format!("the answer is not JSON: {e}"),
         })
     }
 }

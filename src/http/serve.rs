@@ -42,7 +42,7 @@ pub const TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
 
 impl ServeLimits {
-    /// The limits of `http` (clamped to the accepted ranges; [`check_settings`] rejects values
+    /// The limits of `http` (clamped to the accepted ranges; `Settings::validate` rejects values
     /// outside them at start-up).
     pub fn from_settings(http: &HttpSettings) -> Self {
         let ms = |v: u64| {
@@ -65,34 +65,10 @@ fn setting_error(key: &str, message: impl std::fmt::Display) -> ConfigError {
     }
 }
 
-/// Range and syntax checks of the HTTP listener's own settings (called by `Settings::validate`).
+/// Syntax checks of the HTTP listener's own settings (called by `Settings::validate`; the
+/// numeric ranges are in `Settings::bounds`, which must agree with [`TIMEOUT_MS_RANGE`] and
+/// [`MAX_CONNECTIONS_RANGE`]).
 pub fn check_settings(http: &HttpSettings) -> Result<(), ConfigError> {
-    for (key, value) in [
-        ("http.header_timeout_ms", http.header_timeout_ms),
-        ("http.body_timeout_ms", http.body_timeout_ms),
-    ] {
-        if !TIMEOUT_MS_RANGE.contains(&value) {
-            return Err(setting_error(
-                key,
-                format!(
-                    "{value} is out of range; accepted: {} to {} (milliseconds)",
-                    TIMEOUT_MS_RANGE.start(),
-                    TIMEOUT_MS_RANGE.end()
-                ),
-            ));
-        }
-    }
-    if !MAX_CONNECTIONS_RANGE.contains(&http.max_connections) {
-        return Err(setting_error(
-            "http.max_connections",
-            format!(
-                "{} is out of range; accepted: {} to {}",
-                http.max_connections,
-                MAX_CONNECTIONS_RANGE.start(),
-                MAX_CONNECTIONS_RANGE.end()
-            ),
-        ));
-    }
     super::guard::HostPolicy::parse_allow_list(&http.allowed_hosts)
         .map_err(|e| setting_error("http.allowed_hosts", e))?;
     Ok(())

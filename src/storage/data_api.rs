@@ -489,15 +489,11 @@ fn duplicate_on(text: &str, key_pattern: Option<&[String]>) -> DuplicateOn {
     }
 }
 
-/// An endpoint URL as it may be shown (logs, errors, `Debug`): without userinfo, query and
-/// fragment, where secrets live.
+/// An endpoint URL as it may be shown (logs, errors, `Debug`, `/ready` reasons): the one URL
+/// redaction of the crate, [`crate::config::redact_url`] (no password, query values only when
+/// allow-listed, no fragment).
 pub fn shown_endpoint(url: &url::Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.set_query(None);
-    u.set_fragment(None);
-    u.to_string()
+    crate::config::redact_url(url.as_str())
 }
 
 /// A redirect's `Location` as it may be shown (relative ones as they are, minus any query).
@@ -1491,7 +1487,12 @@ mod tests {
         )
         .unwrap();
         let shown = shown_endpoint(&url);
-        assert_eq!(shown, "https://gw.example:8443/app/a/endpoint/data/v1");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.starts_with("https://")
+                && shown.contains("gw.example:8443/app/a/endpoint/data/v1"),
+            "{shown}"
+        );
         for location in [
             "http://u:pw-s3cr3t@elsewhere/x?secret=q-s3cr3t",
             "//u:pw-s3cr3t@elsewhere/x?secret=q-s3cr3t",

@@ -88,6 +88,10 @@ pub struct PlatformState {
     pub get_delay: Mutex<HashMap<String, Duration>>,
     pub rest_log: Mutex<Vec<RestRequest>>,
     pub object_gets: AtomicUsize,
+    /// Every text frame the runner sent, raw, on any connection (setup_request included).
+    pub received: Mutex<Vec<String>>,
+    /// While set, new websocket connections are dropped before the handshake (platform down).
+    pub refuse_connections: std::sync::atomic::AtomicBool,
     released: Mutex<Option<watch::Sender<bool>>>,
 }
 
@@ -269,6 +273,16 @@ impl FakePlatform {
             let _ = tx.send(true);
         }
     }
+    /// Every text frame received so far, raw.
+    pub fn received(&self) -> Vec<String> {
+        self.state.received.lock().unwrap().clone()
+    }
+    /// Platform down (true: new connections dropped before the handshake) or back up.
+    pub fn refuse_connections(&self, refuse: bool) {
+        self.state
+            .refuse_connections
+            .store(refuse, Ordering::SeqCst);
+    }
     pub fn object_gets(&self) -> usize {
         self.state.object_gets.load(Ordering::SeqCst)
     }
@@ -292,6 +306,9 @@ async fn serve_ws(
     st: Arc<PlatformState>,
     conn_tx: mpsc::UnboundedSender<Conn>,
 ) -> Result<(), String> {
+    if st.refuse_connections.load(Ordering::SeqCst) {
+        return Err("refusing connections".into());
+    }
     let seen: Arc<Mutex<(String, HashMap<String, String>)>> = Arc::default();
     let seen2 = seen.clone();
     #[allow(clippy::result_large_err)]
@@ -318,6 +335,7 @@ async fn serve_ws(
         }
     };
     let setup_at = std::time::Instant::now();
+    st.received.lock().unwrap().push(setup_raw.clone());
     assert!(pinged, "the runner must ping before setup_request");
     let setup_request: Value = serde_json::from_str(&setup_raw).map_err(|e| e.to_string())?;
     assert_eq!(setup_request["message_type"], "setup_request");
@@ -354,6 +372,7 @@ async fn serve_ws(
             },
             msg = ws.next(), if !frozen => match msg {
                 Some(Ok(Message::Text(t))) => {
+                    st.received.lock().unwrap().push(t.to_string());
                     let f = match serde_json::from_str(&t) {
                         Ok(v) => Frame::Json(v),
                         Err(_) => Frame::Text(t.to_string()),

@@ -60,6 +60,8 @@ pub fn fast_tuning() -> Tuning {
         backoff_base: Duration::from_millis(50),
         backoff_cap: Duration::from_millis(500),
         rest_retry_delay: Duration::from_millis(20),
+        storage_rebuild_timeout: Duration::from_secs(2),
+        rest_max_body_bytes: 256 * 1024,
         ..Tuning::default()
     }
 }

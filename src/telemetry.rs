@@ -117,6 +117,14 @@ pub fn event_type_label(event_type: &EventType) -> String {
     }
 }
 
+/// [`event_type_label`] of an event type name from outside (a frame, a body).
+pub fn event_type_label_of(name: &str) -> String {
+    match name.parse::<EventType>() {
+        Ok(t) => event_type_label(&t),
+        Err(never) => match never {},
+    }
+}
+
 /// The metric label of a status: its name when this build knows it, else `other` (empty when
 /// the object has no status).
 pub fn status_label(status: Option<&Status>) -> String {

@@ -1136,3 +1136,33 @@ async fn an_out_of_range_ping_interval_fails_the_daemon() {
     assert!(stderr.contains("CONNECT_PING_INTERVAL"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Issue 13 item 12: an event type from a frame never becomes a raw metric label (a forged
+/// `"} 1\n…` would add a metric line), nor a raw log line.
+#[tokio::test]
+async fn a_forged_event_type_in_a_frame_never_forges_a_metric_or_a_log_line() {
+    let h = Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    let forged = "x\"} 1\nforged_metric_total 42\n# EOF\n\u{1b}[31m";
+    let mut t = background_task("TQ-forged", "PR-FORGED\nforged log line");
+    t["data"]["input"]["event_type"] = json!(forged);
+    bg.send(&t);
+    let results = bg.results(1).await;
+    assert_eq!(results.len(), 1, "the task is answered");
+    let (_, metrics) = h.get("/metrics").await;
+    assert!(!metrics.contains("forged_metric_total"), "{metrics}");
+    assert!(!metrics.contains('\u{1b}'), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"connect_ext_tasks_received_total{event_type="other",category="background"} 1"#
+        ),
+        "{metrics}"
+    );
+    let logs = log_text();
+    assert!(
+        !logs.lines().any(|l| l.starts_with("forged log line")),
+        "a frame forged a log line: {logs}"
+    );
+    assert!(!logs.contains('\u{1b}'), "raw escape in the logs");
+    h.shutdown().await;
+}

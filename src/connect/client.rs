@@ -40,6 +40,7 @@ use super::redact::Scrubber;
 use super::tasks::{self, Definitions, TaskContext};
 use super::Tuning;
 use crate::config::Secret;
+use crate::sanitize::escape_control;
 use crate::telemetry::{ChannelLabels, Metrics, ResultLabels, TaskLabels};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -643,7 +644,7 @@ impl Channel {
 
     fn result_frame(&self, task: &Task, output: TaskOutput) -> OutFrame {
         let labels = ResultLabels {
-            event_type: task.input.event_type.clone(),
+            event_type: crate::telemetry::event_type_label_of(&task.input.event_type),
             category: tasks::category_label(task),
             result: output.result.clone(),
         };
@@ -759,12 +760,18 @@ impl Channel {
         metrics
             .tasks_received
             .get_or_create(&TaskLabels {
-                event_type: task.input.event_type.clone(),
+                event_type: crate::telemetry::event_type_label_of(&task.input.event_type),
                 category: tasks::category_label(&task),
             })
             .inc();
         self.in_flight_gauge.inc();
-        tracing::debug!(channel = self.name(), task_id = %task.options.task_id, event_type = %task.input.event_type, object_id = %task.input.object_id, "task received");
+        tracing::debug!(
+            channel = self.name(),
+            task_id = %escape_control(&task.options.task_id),
+            event_type = %escape_control(&task.input.event_type),
+            object_id = %escape_control(&task.input.object_id),
+            "task received"
+        );
         self.inflight.lock().expect("inflight lock").insert(
             id,
             InFlight {
@@ -793,7 +800,13 @@ impl Channel {
             if entry.is_some() {
                 me.in_flight_gauge.dec();
                 if out.result != "success" && out.result != "skip" {
-                    tracing::info!(channel = me.name(), task_id = %task.options.task_id, result = %out.result, message = out.message.as_deref().unwrap_or(""), "task answered");
+                    tracing::info!(
+                        channel = me.name(),
+                        task_id = %escape_control(&task.options.task_id),
+                        result = %out.result,
+                        message = %escape_control(out.message.as_deref().unwrap_or("")),
+                        "task answered"
+                    );
                 }
                 me.outbox.push(me.result_frame(&task, out)).await;
                 me.finishing.fetch_sub(1, Ordering::SeqCst);

@@ -254,15 +254,19 @@ impl Registry {
             m.count_event(labels, outcome);
         }
         let event_type = &labels.event_type;
+        // Object ids and messages may come from outside (a frame, an HTTP body): escaped.
+        let object_id = crate::sanitize::escape_control(object_id);
         match outcome {
             Outcome::Done { document_id, .. } => tracing::debug!(
                 %event_type, %object_id,
                 document_id = document_id.as_deref().unwrap_or(""), "event handled"),
             Outcome::Skip { message } => tracing::info!(
-                %event_type, %object_id, %message, "event skipped"),
+                %event_type, %object_id, message = %crate::sanitize::escape_control(message), "event skipped"),
             other => tracing::warn!(
                 %event_type, %object_id,
-                result = other.result_name(), message = other.message().unwrap_or(""), "event not completed"),
+                result = other.result_name(),
+                message = %crate::sanitize::escape_control(other.message().unwrap_or("")),
+                "event not completed"),
         }
     }
 }

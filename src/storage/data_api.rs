@@ -1515,7 +1515,7 @@ mod tests {
         );
         let msg = e.into_storage_error().to_string();
         assert!(
-            msg.contains("HTTP 307 redirect to http://elsewhere/x"),
+            msg.contains("HTTP 307 redirect to http://u:***@elsewhere/x"),
             "{msg}"
         );
         assert!(msg.contains("DATA_API_ENDPOINT"), "{msg}");

@@ -1440,20 +1440,7 @@ async fn a_duplicate_on_another_unique_index_is_rejected_with_the_reason() {
         return;
     };
     let store = env.store(&[]).await;
-    env.collection()
-        .create_index(
-            mongodb::IndexModel::builder()
-                .keys(doc! {"ref": 1})
-                .options(
-                    mongodb::options::IndexOptions::builder()
-                        .unique(true)
-                        .name("ref_unique".to_string())
-                        .build(),
-                )
-                .build(),
-        )
-        .await
-        .expect("index");
+    unique_ref_index(&env).await;
     let with_ref = |r: &str| {
         let mut d = sample();
         d.body.insert("ref".into(), json!(r));
@@ -1579,20 +1566,7 @@ async fn the_daemon_answers_503_for_gateway_faults_and_422_only_for_the_document
     else {
         return;
     };
-    env.collection()
-        .create_index(
-            mongodb::IndexModel::builder()
-                .keys(doc! {"ref": 1})
-                .options(
-                    mongodb::options::IndexOptions::builder()
-                        .unique(true)
-                        .name("ref_unique".to_string())
-                        .build(),
-                )
-                .build(),
-        )
-        .await
-        .expect("index");
+    unique_ref_index(&env).await;
     let elsewhere = Recorder::start().await;
     let (base, stop, running) = start_daemon(&env).await;
     let http = reqwest::Client::new();
@@ -1682,4 +1656,22 @@ async fn the_daemon_answers_503_for_gateway_faults_and_422_only_for_the_document
 
     stop.cancel();
     running.await.unwrap().unwrap();
+}
+
+/// A user's own unique index on `ref` (named `ref_unique`) in the test collection.
+async fn unique_ref_index(env: &Env) {
+    env.collection()
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"ref": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .name("ref_unique".to_string())
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .expect("index");
 }

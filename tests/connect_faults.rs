@@ -54,7 +54,13 @@ impl Rig {
 
     async fn start_with(platform: Arc<FakePlatform>, extra: &[(&str, &str)]) -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let daemon = Daemon::spawn(&platform, dir.path(), &dir.path().join("data"), "daemon", extra);
+        let daemon = Daemon::spawn(
+            &platform,
+            dir.path(),
+            &dir.path().join("data"),
+            "daemon",
+            extra,
+        );
         let (bg, ia) = platform.both_channels().await;
         Rig {
             platform,
@@ -217,8 +223,16 @@ fn junk_frames() -> Vec<(&'static str, Junk)> {
     for (n, path, value) in [
         ("tid-number", &["options", "task_id"][..], json!(12345)),
         ("options-string", &["options"][..], json!("options")),
-        ("object-id-object", &["input", "object_id"][..], json!({"id": 1})),
-        ("category-number", &["options", "task_category"][..], json!(7)),
+        (
+            "object-id-object",
+            &["input", "object_id"][..],
+            json!({"id": 1}),
+        ),
+        (
+            "category-number",
+            &["options", "task_category"][..],
+            json!(7),
+        ),
         ("input-array", &["input"][..], json!([1, 2])),
         ("output-string", &["output"][..], json!("done")),
         ("data-number", &[][..], json!(42)),
@@ -257,13 +271,31 @@ fn junk_frames() -> Vec<(&'static str, Junk)> {
         ("JSON scalar", Junk::Text("42".into())),
         ("JSON string", Junk::Text("\"task\"".into())),
         ("array", Junk::Json(json!([1, 2, 3]))),
-        ("array of a task", Junk::Json(json!([junk_task("in-array")]))),
-        ("binary, not UTF-8", Junk::Binary(vec![0, 0xff, 0xfe, 0x80, 1, 2])),
-        ("binary JSON array", Junk::Binary(b"[{\"version\": 2}]".to_vec())),
+        (
+            "array of a task",
+            Junk::Json(json!([junk_task("in-array")])),
+        ),
+        (
+            "binary, not UTF-8",
+            Junk::Binary(vec![0, 0xff, 0xfe, 0x80, 1, 2]),
+        ),
+        (
+            "binary JSON array",
+            Junk::Binary(b"[{\"version\": 2}]".to_vec()),
+        ),
         ("empty binary", Junk::Binary(Vec::new())),
-        ("unknown message_type", Junk::Json(json!({"version": 2, "message_type": "bogus_zz", "data": {}}))),
-        ("message_type number", Junk::Json(json!({"version": 2, "message_type": 5, "data": null}))),
-        ("envelope without type", Junk::Json(json!({"version": 2, "data": null}))),
+        (
+            "unknown message_type",
+            Junk::Json(json!({"version": 2, "message_type": "bogus_zz", "data": {}})),
+        ),
+        (
+            "message_type number",
+            Junk::Json(json!({"version": 2, "message_type": 5, "data": null})),
+        ),
+        (
+            "envelope without type",
+            Junk::Json(json!({"version": 2, "data": null})),
+        ),
         (
             "invalid setup_response",
             Junk::Json(json!({"version": 2, "message_type": "setup_response",
@@ -361,7 +393,8 @@ async fn garbage_between_real_tasks_never_crashes_or_stalls_and_memory_stays_bou
 
     // Phase B: a text frame that is not UTF-8; phase C: a frame above the limit. Each may cost
     // a reconnect (then the platform redelivers); nothing more.
-    rig.bg.send_raw_text(b"{\"version\": 2, \"message_type\": \"task\xff\xfe\"}");
+    rig.bg
+        .send_raw_text(b"{\"version\": 2, \"message_type\": \"task\xff\xfe\"}");
     for _ in 0..5 {
         ledger.send(&rig.bg, good(&rig.platform, &mut objects));
     }
@@ -381,16 +414,24 @@ async fn garbage_between_real_tasks_never_crashes_or_stalls_and_memory_stays_bou
     );
     ledger.drain_for(&mut rig.bg, Duration::from_secs(1)).await;
 
-    // Answers to junk tasks are allowed, never `success`.
+    // Answers to junk tasks are allowed (a lenient parser may answer one; a task id the junk
+    // made a number may come back as a string), never `success`: their objects do not exist.
     let strays = std::mem::take(&mut ledger.strays);
     for s in &strays {
-        assert!(task_id(s).starts_with("TQ-JUNK-"), "answer to an unknown task: {s}");
         assert_ne!(output(s)["result"], "success", "junk answered success: {s}");
     }
     ledger.assert_consistent();
     for (id, result) in ledger.finals() {
         assert_eq!(result, "success", "{id}: {:?}", ledger.results(&id));
     }
+    // No stall beyond a reconnect: junk within the limit costs none (at most one, were it
+    // ever to close), the frame that is not UTF-8 and the one above the limit one each at most.
+    assert!(reconnects_in_a <= 1, "{:?}", ledger.reconnects);
+    assert!(
+        ledger.reconnects.len() <= reconnects_in_a + 2,
+        "{:?}",
+        ledger.reconnects
+    );
     for took in &ledger.reconnects {
         assert!(*took <= RECONNECT_PAUSE + SLACK, "reconnect took {took:?}");
     }
@@ -449,7 +490,8 @@ async fn tasks_with_odd_field_types_are_parsed_leniently_or_answered() {
     rig.platform
         .add_object(purchase_object("PR-LENIENT", "pending"));
     let mut lenient = background_task("TQ-LENIENT", "PR-LENIENT");
-    lenient["data"]["output"] = json!({"result": "success", "data": null, "runtime": null, "message": null});
+    lenient["data"]["output"] =
+        json!({"result": "success", "data": null, "runtime": null, "message": null});
     rig.bg.send(&lenient);
     let mut broken = background_task("TQ-BROKEN", "PR-BROKEN");
     broken["data"]["input"]["object_id"] = json!({"not": "a string"});
@@ -473,6 +515,15 @@ async fn tasks_with_odd_field_types_are_parsed_leniently_or_answered() {
 // ---------------------------------------------------------------------------------------------
 // REST faults
 
+/// (object, step, first faults, then, accepted results)
+type RestCase = (
+    &'static str,
+    RestStep,
+    Vec<RestFault>,
+    Option<RestFault>,
+    &'static [&'static str],
+);
+
 /// REST faults on the count and the object GET — 5xx (passing and lasting), 404, slow, truncated
 /// and invalid answers, a lasting 429: every task is answered exactly once; a task is `success`
 /// only when its object is stored; a task whose object could not be fetched is answered `retry`
@@ -481,26 +532,59 @@ async fn tasks_with_odd_field_types_are_parsed_leniently_or_answered() {
 async fn rest_faults_answer_every_task_and_never_success_without_the_object() {
     use RestFault::*;
     use RestStep::*;
-    let mut rig = Rig::start(&[]).await;
+    // The task's time budget bounds how long a lasting fault may be retried.
+    let mut rig = Rig::start(&[("BACKGROUND_TASK_MAX_EXECUTION_TIME", "20")]).await;
     // (object, step, first faults, then, expected result)
-    let cases: Vec<(&str, RestStep, Vec<RestFault>, Option<RestFault>, &[&str])> = vec![
-        ("G500-PASSING", Get, vec![Status(500), Status(503)], None, &["success"]),
+    let cases: Vec<RestCase> = vec![
+        (
+            "G500-PASSING",
+            Get,
+            vec![Status(500), Status(503)],
+            None,
+            &["success"],
+        ),
         ("C502-PASSING", Count, vec![Status(502)], None, &["success"]),
-        ("G-SLOW", Get, vec![Slow(Duration::from_secs(2))], None, &["success"]),
-        ("C-SLOW", Count, vec![Slow(Duration::from_secs(2))], None, &["success"]),
+        (
+            "G-SLOW",
+            Get,
+            vec![Slow(Duration::from_secs(2))],
+            None,
+            &["success"],
+        ),
+        (
+            "C-SLOW",
+            Count,
+            vec![Slow(Duration::from_secs(2))],
+            None,
+            &["success"],
+        ),
         ("G500-LASTING", Get, vec![], Some(Status(500)), &["retry"]),
         ("C503-LASTING", Count, vec![], Some(Status(503)), &["retry"]),
         ("G404", Get, vec![], Some(Status(404)), &["retry", "fail"]),
         ("C404", Count, vec![], Some(Status(404)), &["retry", "fail"]),
-        ("G-INVALID", Get, vec![], Some(InvalidJson), &["retry", "fail"]),
-        ("C-INVALID", Count, vec![], Some(InvalidJson), &["retry", "fail"]),
+        (
+            "G-INVALID",
+            Get,
+            vec![],
+            Some(InvalidJson),
+            &["retry", "fail"],
+        ),
+        (
+            "C-INVALID",
+            Count,
+            vec![],
+            Some(InvalidJson),
+            &["retry", "fail"],
+        ),
         ("G-TRUNCATED", Get, vec![], Some(Truncated), &["retry"]),
         ("C-TRUNCATED", Count, vec![], Some(Truncated), &["retry"]),
         (
             "G429-LASTING",
             Get,
             vec![],
-            Some(TooManyRequests { retry_after_secs: 1 }),
+            Some(TooManyRequests {
+                retry_after_secs: 1,
+            }),
             &["retry"],
         ),
     ];
@@ -509,7 +593,8 @@ async fn rest_faults_answer_every_task_and_never_success_without_the_object() {
     for (name, step, first, then, _) in &cases {
         let id = format!("PR-REST-{name}");
         rig.platform.add_object(purchase_object(&id, "pending"));
-        rig.platform.rest_faults(*step, &id, first.clone(), then.clone());
+        rig.platform
+            .rest_faults(*step, &id, first.clone(), then.clone());
     }
     for (name, ..) in &cases {
         ledger.send(
@@ -530,14 +615,20 @@ async fn rest_faults_answer_every_task_and_never_success_without_the_object() {
         "unanswered: {:?}",
         ledger.open()
     );
-    ledger.drain_for(&mut rig.bg, Duration::from_millis(500)).await;
+    ledger
+        .drain_for(&mut rig.bg, Duration::from_millis(500))
+        .await;
     ledger.assert_consistent();
     assert!(ledger.reconnects.is_empty(), "{:?}", ledger.reconnects);
     let finals = ledger.finals();
     let mut wrong = Vec::new();
     for (name, _, _, _, expected) in &cases {
         let tid = format!("TQ-REST-{name}");
-        assert_eq!(ledger.results(&tid).len(), 1, "{tid} answered more than once");
+        assert_eq!(
+            ledger.results(&tid).len(),
+            1,
+            "{tid} answered more than once"
+        );
         if !expected.contains(&finals[&tid].as_str()) {
             wrong.push(format!(
                 "{name}: {} (expected {expected:?}): {}",
@@ -563,8 +654,13 @@ async fn rest_faults_answer_every_task_and_never_success_without_the_object() {
 #[ignore = "issue 9: waits for REST 429 Retry-After (item 6)"]
 async fn rest_429_with_retry_after_is_honoured() {
     let mut rig = Rig::start(&[]).await;
-    let fault = RestFault::TooManyRequests { retry_after_secs: 1 };
-    for (id, step) in [("PR-429-GET", RestStep::Get), ("PR-429-COUNT", RestStep::Count)] {
+    let fault = RestFault::TooManyRequests {
+        retry_after_secs: 1,
+    };
+    for (id, step) in [
+        ("PR-429-GET", RestStep::Get),
+        ("PR-429-COUNT", RestStep::Count),
+    ] {
         rig.platform.add_object(purchase_object(id, "pending"));
         rig.platform.rest_faults(step, id, [fault.clone()], None);
     }
@@ -592,7 +688,10 @@ async fn rest_429_with_retry_after_is_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_rest_body_is_retried_like_a_network_error() {
     let mut rig = Rig::start(&[]).await;
-    for (id, step) in [("PR-CUT-GET", RestStep::Get), ("PR-CUT-COUNT", RestStep::Count)] {
+    for (id, step) in [
+        ("PR-CUT-GET", RestStep::Get),
+        ("PR-CUT-COUNT", RestStep::Count),
+    ] {
         rig.platform.add_object(purchase_object(id, "pending"));
         rig.platform
             .rest_faults(step, id, [RestFault::Truncated], None);
@@ -675,9 +774,14 @@ async fn slow_rest_calls_never_hold_up_other_tasks() {
 async fn duplicate_deliveries_make_one_document_and_every_delivery_is_answered() {
     let mut rig = Rig::start(&[]).await;
     let mut ledger = Ledger::new();
-    let objects: HashSet<String> = ["PR-DUP-SEQ", "PR-DUP-INFLIGHT", "PR-DUP-TWOIDS", "PR-DUP-TWOIDS-AT-ONCE"]
-        .map(String::from)
-        .into();
+    let objects: HashSet<String> = [
+        "PR-DUP-SEQ",
+        "PR-DUP-INFLIGHT",
+        "PR-DUP-TWOIDS",
+        "PR-DUP-TWOIDS-AT-ONCE",
+    ]
+    .map(String::from)
+    .into();
     for id in &objects {
         rig.platform.add_object(purchase_object(id, "pending"));
     }
@@ -690,13 +794,28 @@ async fn duplicate_deliveries_make_one_document_and_every_delivery_is_answered()
     // The same task, and the same object under two ids, both in flight at once.
     rig.platform.hold("PR-DUP-INFLIGHT");
     rig.platform.hold("PR-DUP-TWOIDS-AT-ONCE");
-    ledger.send(&rig.bg, background_task("TQ-DUP-INFLIGHT", "PR-DUP-INFLIGHT"));
-    ledger.send(&rig.bg, background_task("TQ-DUP-INFLIGHT", "PR-DUP-INFLIGHT"));
-    ledger.send(&rig.bg, background_task("TQ-DUP-ATONCE-A", "PR-DUP-TWOIDS-AT-ONCE"));
-    ledger.send(&rig.bg, background_task("TQ-DUP-ATONCE-B", "PR-DUP-TWOIDS-AT-ONCE"));
+    ledger.send(
+        &rig.bg,
+        background_task("TQ-DUP-INFLIGHT", "PR-DUP-INFLIGHT"),
+    );
+    ledger.send(
+        &rig.bg,
+        background_task("TQ-DUP-INFLIGHT", "PR-DUP-INFLIGHT"),
+    );
+    ledger.send(
+        &rig.bg,
+        background_task("TQ-DUP-ATONCE-A", "PR-DUP-TWOIDS-AT-ONCE"),
+    );
+    ledger.send(
+        &rig.bg,
+        background_task("TQ-DUP-ATONCE-B", "PR-DUP-TWOIDS-AT-ONCE"),
+    );
     for _ in 0..2000 {
         if rig.platform.rest_calls(RestStep::Get, "PR-DUP-INFLIGHT") >= 2
-            && rig.platform.rest_calls(RestStep::Get, "PR-DUP-TWOIDS-AT-ONCE") >= 2
+            && rig
+                .platform
+                .rest_calls(RestStep::Get, "PR-DUP-TWOIDS-AT-ONCE")
+                >= 2
         {
             break;
         }
@@ -731,7 +850,9 @@ async fn duplicate_deliveries_make_one_document_and_every_delivery_is_answered()
             ),
         }
     }
-    ledger.drain_for(&mut rig.bg, Duration::from_millis(500)).await;
+    ledger
+        .drain_for(&mut rig.bg, Duration::from_millis(500))
+        .await;
     ledger.assert_consistent();
     for id in ids {
         assert_eq!(
@@ -796,7 +917,11 @@ async fn sigterm_with_hundreds_of_slow_tasks_in_flight_exits_0_within_the_grace(
         .await
         .expect("no exit within the grace");
     let took = started.elapsed();
-    assert!(status.success(), "{status:?}:\n{}", rig.daemon.log_tail(4000));
+    assert!(
+        status.success(),
+        "{status:?}:\n{}",
+        rig.daemon.log_tail(4000)
+    );
     eprintln!(
         "sigterm: {answered_before} answered before, exit after {took:?}; finals: {} success of {n}",
         ledger.finals().values().filter(|r| *r == "success").count()
@@ -816,10 +941,17 @@ async fn sigterm_with_hundreds_of_slow_tasks_in_flight_exits_0_within_the_grace(
     let docs = stored_in(&rig.data_dir()).await;
     let counts = object_id_counts(&docs);
     for id in &succeeded {
-        assert_eq!(counts.get(id), Some(&1), "{id} answered success but not stored once");
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "{id} answered success but not stored once"
+        );
     }
     for (id, c) in &counts {
-        assert!(id.starts_with("PR-TERM-") && *c == 1, "{id} stored {c} times");
+        assert!(
+            id.starts_with("PR-TERM-") && *c == 1,
+            "{id} stored {c} times"
+        );
     }
 }
 
@@ -859,7 +991,13 @@ async fn kill_9_mid_stream_then_restart_with_redelivery_stores_everything_once()
     ledger.drain_for(&mut rig.bg, Duration::from_secs(2)).await;
 
     let data = rig.data_dir();
-    let mut second = Daemon::spawn(&platform, rig.dir.path(), &data, "restarted", &[("SHUTDOWN_GRACE", "5")]);
+    let mut second = Daemon::spawn(
+        &platform,
+        rig.dir.path(),
+        &data,
+        "restarted",
+        &[("SHUTDOWN_GRACE", "5")],
+    );
     let (mut bg, _ia) = platform.both_channels().await;
     let redelivered = ledger.redeliver(&bg);
     assert!(redelivered > 0, "the kill came after every answer");
@@ -882,7 +1020,10 @@ async fn kill_9_mid_stream_then_restart_with_redelivery_stores_everything_once()
         assert!(stored.contains_key(&id.replace("TQ-", "PR-")), "{id}");
     }
     second.signal(libc::SIGTERM);
-    let status = second.wait(Duration::from_secs(5) + SLACK).await.expect("no exit");
+    let status = second
+        .wait(Duration::from_secs(5) + SLACK)
+        .await
+        .expect("no exit");
     assert!(status.success(), "{status:?}:\n{}", second.log_tail(4000));
 }
 
@@ -951,8 +1092,8 @@ async fn apply_changes_mid_stream_loses_nothing() {
                 &rig.bg,
                 background_task(&format!("TQ-APPLY-{i:03}"), &format!("PR-APPLY-{i:03}")),
             );
-            if round < 3 && i == round * batch + batch / 2 {
-                rig.bg.send(&changes[round]);
+            if let (Some(change), true) = (changes.get(round), i == round * batch + batch / 2) {
+                rig.bg.send(change);
             }
         }
         pump_until_answered(&mut ledger, &mut rig.bg, round * batch + batch / 3).await;
@@ -964,7 +1105,9 @@ async fn apply_changes_mid_stream_loses_nothing() {
         "open: {:?}",
         ledger.open()
     );
-    ledger.drain_for(&mut rig.bg, Duration::from_millis(500)).await;
+    ledger
+        .drain_for(&mut rig.bg, Duration::from_millis(500))
+        .await;
     ledger.assert_consistent();
     assert!(ledger.reconnects.is_empty(), "{:?}", ledger.reconnects);
     for (id, result) in ledger.finals() {
@@ -989,7 +1132,11 @@ async fn apply_changes_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "issue 9: waits for saturation pongs (item 3)"]
 async fn a_saturated_channel_keeps_answering_pings() {
-    let mut rig = Rig::start(&[("CONNECT_MAX_IN_FLIGHT", "4"), ("CONNECT_PING_INTERVAL", "1")]).await;
+    let mut rig = Rig::start(&[
+        ("CONNECT_MAX_IN_FLIGHT", "4"),
+        ("CONNECT_PING_INTERVAL", "1"),
+    ])
+    .await;
     let mut ledger = Ledger::new();
     let mut objects = HashSet::new();
     for i in 0..12 {

@@ -27,12 +27,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::handshake::server::{
     Request as WsRequest, Response as WsResponse,
 };
-use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -538,9 +538,18 @@ impl Ledger {
     /// Every task answered; no task answered more often than it was delivered; every answer of a
     /// task says the same (`output.result`); no answer for a task never sent.
     pub fn assert_consistent(&self) {
-        assert!(self.strays.is_empty(), "answers for unknown tasks: {:?}", self.strays);
+        assert!(
+            self.strays.is_empty(),
+            "answers for unknown tasks: {:?}",
+            self.strays
+        );
         let open = self.open();
-        assert!(open.is_empty(), "{} tasks never answered: {:?}", open.len(), open);
+        assert!(
+            open.is_empty(),
+            "{} tasks never answered: {:?}",
+            open.len(),
+            open
+        );
         for id in &self.order {
             let results = self.results(id);
             assert!(
@@ -551,7 +560,10 @@ impl Ledger {
             );
             let first = &results[0]["data"]["output"]["result"];
             for r in results {
-                assert_eq!(&r["data"]["output"]["result"], first, "{id}: answers differ");
+                assert_eq!(
+                    &r["data"]["output"]["result"], first,
+                    "{id}: answers differ"
+                );
             }
         }
     }
@@ -901,7 +913,11 @@ async fn rest(
 /// Counts the call and takes the next planned fault of (step, id), if any.
 fn next_fault(st: &PlatformState, step: RestStep, id: &str) -> Option<RestFault> {
     let key = (step, id.to_string());
-    *st.rest_calls.lock().unwrap().entry(key.clone()).or_default() += 1;
+    *st.rest_calls
+        .lock()
+        .unwrap()
+        .entry(key.clone())
+        .or_default() += 1;
     let mut plans = st.rest_faults.lock().unwrap();
     let plan = plans.get_mut(&key)?;
     plan.first.pop_front().or_else(|| plan.then.clone())

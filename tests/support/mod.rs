@@ -206,8 +206,7 @@ impl Daemon {
         let port = free_port();
         let log = work_dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let mut cmd =
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_connect-extension-mongodb"));
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_connect-extension-mongodb"));
         cmd.env_clear()
             .envs(env_for(platform, data_dir))
             .env("HTTP_LISTEN", format!("127.0.0.1:{port}"))

@@ -15,6 +15,9 @@
 
 mod support;
 
+#[path = "support/mongo.rs"]
+mod mongo;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1030,29 +1033,20 @@ async fn kill_9_mid_stream_then_restart_with_redelivery_stores_everything_once()
 // ---------------------------------------------------------------------------------------------
 // Apply Changes mid-stream
 
-fn mongodb_uri() -> String {
-    std::env::var("MONGODB_URI").expect("MONGODB_URI: the MongoDB-compatible test server")
-}
-
 /// "Apply Changes" mid-stream: new `setup_response` frames arrive while tasks are in flight —
 /// one that changes a driver setting (the storage is rebuilt and swapped under running saves),
 /// the same one again (nothing to do), and one with another change — and nothing is lost: every
 /// task is answered `success` and every object is stored exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_changes_mid_stream_loses_nothing() {
-    let db = format!(
-        "faults_apply_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
-    let uri = mongodb_uri();
+    let Some(uri) = mongo::mongo_uri() else {
+        return;
+    };
+    let db = mongo::Db::open(&uri, "faults_apply").await;
     let mut rig = Rig::start(&[
         ("STORAGE_BACKENDS", "driver"),
         ("MONGODB_URI", &uri),
-        ("DB", &db),
+        ("DB", &db.name),
         ("SHUTDOWN_GRACE", "5"),
     ])
     .await;
@@ -1121,6 +1115,9 @@ async fn apply_changes_mid_stream_loses_nothing() {
         rig.daemon.log_tail(4000)
     );
     rig.sigterm_exit_0(Duration::from_secs(5)).await;
+    // Read back once more, straight from the server.
+    assert_eq!(db.count(mongodb::bson::doc! {}).await, n as u64);
+    db.drop_db().await;
 }
 
 // ---------------------------------------------------------------------------------------------

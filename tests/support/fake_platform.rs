@@ -3,9 +3,19 @@
 //! initial ping, reads `setup_request`, answers `setup_response`, then hands the connection to the
 //! test; and the REST endpoints a background task uses (`…?{filter}&limit=0&offset=0` with
 //! `Content-Range`, and `GET requests/{id}`) on plain `http://`.
+//!
+//! It can misbehave, as a real platform or network may (tests/connect_faults.rs drives each mode):
+//!
+//! | fault | how |
+//! |---|---|
+//! | TCP dropped without a close frame (FIN, RST, or half a frame then RST) | [`Conn::drop_socket`], [`Conn::reset_socket`], [`Conn::drop_mid_frame`] |
+//! | redelivery of every task without a result after a reconnect | [`Ledger`], [`Ledger::settle`] |
+//! | garbage frames: binary, text that is not UTF-8, anything raw | [`Conn::send_binary`], [`Conn::send_raw_text`] |
+//! | server pings (pongs counted per connection) | [`Conn::ping`], [`Conn::pongs`] |
+//! | REST faults per object and step: 5xx/4xx, 429 + `Retry-After`, slow, truncated body, invalid JSON | [`FakePlatform::rest_faults`] |
 #![allow(dead_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,11 +27,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::handshake::server::{
     Request as WsRequest, Response as WsResponse,
 };
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 pub const PURCHASE_REQUEST: &str = include_str!("../fixtures/purchase_request.json");
@@ -93,6 +106,45 @@ pub struct PlatformState {
     /// While set, new websocket connections are dropped before the handshake (platform down).
     pub refuse_connections: std::sync::atomic::AtomicBool,
     released: Mutex<Option<watch::Sender<bool>>>,
+    /// Planned REST faults by (step, object id): see [`FakePlatform::rest_faults`].
+    pub rest_faults: Mutex<HashMap<(RestStep, String), FaultPlan>>,
+    /// REST calls by (step, object id), faulty ones included.
+    pub rest_calls: Mutex<HashMap<(RestStep, String), usize>>,
+}
+
+/// Which Connect REST call of a background task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RestStep {
+    /// `GET requests?and(eq(id,X),…)&limit=0&offset=0` (the status gate).
+    Count,
+    /// `GET requests/X`.
+    Get,
+}
+
+/// One misbehaviour of a REST answer.
+#[derive(Debug, Clone)]
+pub enum RestFault {
+    /// This HTTP status with a JSON error body.
+    Status(u16),
+    /// 429 with `Retry-After: {secs}`.
+    TooManyRequests { retry_after_secs: u64 },
+    /// The normal answer, after this delay.
+    Slow(Duration),
+    /// A 200 whose body is cut off: `Content-Length` announces the whole body, half of it is
+    /// sent, then the connection is dropped.
+    Truncated,
+    /// A complete 200 whose body is not JSON (for the count: no readable `Content-Range` either).
+    InvalidJson,
+    /// No answer until [`FakePlatform::release`], then the normal answer.
+    Held,
+}
+
+/// Faults for one (step, object): `first` are used one per call, then `then` on every later call
+/// (`None`: normal answers).
+#[derive(Debug, Clone, Default)]
+pub struct FaultPlan {
+    pub first: VecDeque<RestFault>,
+    pub then: Option<RestFault>,
 }
 
 pub struct FakePlatform {
@@ -118,6 +170,16 @@ enum Cmd {
     Drop,
     /// Stop reading (so pings get no pong) but keep the socket open.
     Freeze,
+    /// A binary message.
+    SendBinary(Vec<u8>),
+    /// A text frame with these bytes, valid UTF-8 or not.
+    SendRawText(Vec<u8>),
+    /// A ping with this payload.
+    Ping(Vec<u8>),
+    /// Reset the TCP connection (RST, no close frame).
+    Reset,
+    /// Write the first half of a text frame with this payload, then reset the connection.
+    DropMidFrame(String),
 }
 
 /// One set-up connection, handed to the test after the handshake.
@@ -133,6 +195,8 @@ pub struct Conn {
     pub setup_at: std::time::Instant,
     tx: mpsc::UnboundedSender<Cmd>,
     rx: mpsc::UnboundedReceiver<Frame>,
+    /// Pongs received on this connection.
+    pongs: Arc<AtomicUsize>,
 }
 
 impl Conn {
@@ -155,6 +219,39 @@ impl Conn {
     }
     pub fn freeze(&self) {
         let _ = self.tx.send(Cmd::Freeze);
+    }
+    /// Sends a binary message.
+    pub fn send_binary(&self, bytes: &[u8]) {
+        let _ = self.tx.send(Cmd::SendBinary(bytes.to_vec()));
+    }
+    /// Sends a text frame whose payload is these bytes, even when they are not UTF-8.
+    pub fn send_raw_text(&self, bytes: &[u8]) {
+        let _ = self.tx.send(Cmd::SendRawText(bytes.to_vec()));
+    }
+    /// Sends a ping; the pong is counted in [`Conn::pongs`].
+    pub fn ping(&self, payload: &[u8]) {
+        let _ = self.tx.send(Cmd::Ping(payload.to_vec()));
+    }
+    /// Pongs received on this connection so far.
+    pub fn pongs(&self) -> usize {
+        self.pongs.load(Ordering::SeqCst)
+    }
+    /// Resets the TCP connection (RST): no close frame, no FIN.
+    pub fn reset_socket(&self) {
+        let _ = self.tx.send(Cmd::Reset);
+    }
+    /// Writes the first half of a text frame carrying `frame`, then resets the connection.
+    pub fn drop_mid_frame(&self, frame: &Value) {
+        let _ = self.tx.send(Cmd::DropMidFrame(frame.to_string()));
+    }
+    /// The next frame within `limit`: `Some(Frame::Gone)` when the connection ended, `None` when
+    /// nothing came in time.
+    pub async fn next_frame(&mut self, limit: Duration) -> Option<Frame> {
+        match tokio::time::timeout(limit, self.rx.recv()).await {
+            Ok(Some(f)) => Some(f),
+            Ok(None) => Some(Frame::Gone),
+            Err(_) => None,
+        }
     }
     /// The next frame from the runner (Gone after 20 s of silence or when the socket ended).
     pub async fn recv(&mut self) -> Frame {
@@ -299,6 +396,245 @@ impl FakePlatform {
         }
         panic!("only {} of {n} object GETs arrived", self.object_gets());
     }
+    /// Plans REST faults for `step` of object `id`: `first` one per call, then `then` on every
+    /// later call (`None`: normal answers again). Replaces an earlier plan.
+    pub fn rest_faults(
+        &self,
+        step: RestStep,
+        id: &str,
+        first: impl IntoIterator<Item = RestFault>,
+        then: Option<RestFault>,
+    ) {
+        self.state.rest_faults.lock().unwrap().insert(
+            (step, id.to_string()),
+            FaultPlan {
+                first: first.into_iter().collect(),
+                then,
+            },
+        );
+    }
+    /// REST calls of `step` for object `id` so far (faulty ones included).
+    pub fn rest_calls(&self, step: RestStep, id: &str) -> usize {
+        self.state
+            .rest_calls
+            .lock()
+            .unwrap()
+            .get(&(step, id.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The platform's book of background tasks: what was delivered how often, and every result that
+/// came back. Like the platform, it redelivers every task it has no result for
+/// ([`Ledger::redeliver`]) after the runner reconnects.
+#[derive(Default)]
+pub struct Ledger {
+    /// Task frames by task id, in the order first sent.
+    frames: HashMap<String, Value>,
+    order: Vec<String>,
+    deliveries: HashMap<String, usize>,
+    results: HashMap<String, Vec<Value>>,
+    /// Results for task ids never sent.
+    pub strays: Vec<Value>,
+    /// Connections of the other channel that came up while settling (kept open).
+    pub spare: Vec<Conn>,
+    /// Reconnects seen by [`Ledger::settle`], with the time from the end of the old connection
+    /// to the `setup_request` of the new one.
+    pub reconnects: Vec<Duration>,
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sends `task` on `conn` and books the delivery.
+    pub fn send(&mut self, conn: &Conn, task: Value) {
+        let id = task["data"]["options"]["task_id"]
+            .as_str()
+            .expect("task_id")
+            .to_string();
+        conn.send(&task);
+        if !self.frames.contains_key(&id) {
+            self.order.push(id.clone());
+            self.frames.insert(id.clone(), task);
+        }
+        *self.deliveries.entry(id).or_default() += 1;
+    }
+    /// Sends the first half of `task`'s frame on `conn`, then resets the connection
+    /// ([`Conn::drop_mid_frame`]); booked as a delivery (the platform thinks it sent it).
+    pub fn send_cut(&mut self, conn: &Conn, task: Value) {
+        let id = task["data"]["options"]["task_id"]
+            .as_str()
+            .expect("task_id")
+            .to_string();
+        conn.drop_mid_frame(&task);
+        if !self.frames.contains_key(&id) {
+            self.order.push(id.clone());
+            self.frames.insert(id.clone(), task);
+        }
+        *self.deliveries.entry(id).or_default() += 1;
+    }
+    /// Books a frame from the runner; true when it was a task result.
+    pub fn record(&mut self, frame: &Value) -> bool {
+        if frame["message_type"] != "task" {
+            return false;
+        }
+        let Some(id) = frame["data"]["options"]["task_id"].as_str() else {
+            self.strays.push(frame.clone());
+            return true;
+        };
+        if self.frames.contains_key(id) {
+            self.results
+                .entry(id.to_string())
+                .or_default()
+                .push(frame.clone());
+        } else {
+            self.strays.push(frame.clone());
+        }
+        true
+    }
+    /// Task ids without any result yet, in the order first sent.
+    pub fn open(&self) -> Vec<String> {
+        self.order
+            .iter()
+            .filter(|id| !self.results.contains_key(*id))
+            .cloned()
+            .collect()
+    }
+    /// Redelivers every task without a result on `conn`; returns how many.
+    pub fn redeliver(&mut self, conn: &Conn) -> usize {
+        let open = self.open();
+        for id in &open {
+            let frame = self.frames[id].clone();
+            self.send(conn, frame);
+        }
+        open.len()
+    }
+    pub fn sent(&self) -> usize {
+        self.order.len()
+    }
+    pub fn deliveries(&self, id: &str) -> usize {
+        self.deliveries.get(id).copied().unwrap_or(0)
+    }
+    pub fn results(&self, id: &str) -> &[Value] {
+        self.results.get(id).map(Vec::as_slice).unwrap_or(&[])
+    }
+    /// The final result of each answered task: `output.result` of its first answer.
+    pub fn finals(&self) -> HashMap<String, String> {
+        self.results
+            .iter()
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    r[0]["data"]["output"]["result"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+    /// Every task answered; no task answered more often than it was delivered; every answer of a
+    /// task says the same (`output.result`); no answer for a task never sent.
+    pub fn assert_consistent(&self) {
+        assert!(
+            self.strays.is_empty(),
+            "answers for unknown tasks: {:?}",
+            self.strays
+        );
+        let open = self.open();
+        assert!(
+            open.is_empty(),
+            "{} tasks never answered: {:?}",
+            open.len(),
+            open
+        );
+        for id in &self.order {
+            let results = self.results(id);
+            assert!(
+                results.len() <= self.deliveries(id),
+                "{id}: {} answers for {} deliveries",
+                results.len(),
+                self.deliveries(id)
+            );
+            let first = &results[0]["data"]["output"]["result"];
+            for r in results {
+                assert_eq!(
+                    &r["data"]["output"]["result"], first,
+                    "{id}: answers differ"
+                );
+            }
+        }
+    }
+    /// Plays the platform until every task has a result or `limit` passed: books every frame
+    /// from the runner; when the connection ends (drop, close), waits for the runner's next
+    /// `runner_type` connection (within `reconnect_limit`), records how long that took, and
+    /// redelivers every task without a result on it. Returns false on the `limit`.
+    pub async fn settle(
+        &mut self,
+        platform: &FakePlatform,
+        conn: &mut Conn,
+        reconnect_limit: Duration,
+        limit: Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.open().is_empty() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match conn.next_frame(left).await {
+                None => return false,
+                Some(Frame::Json(v)) => {
+                    self.record(&v);
+                }
+                Some(Frame::Text(_)) => {}
+                Some(Frame::Close(_)) | Some(Frame::Gone) => {
+                    self.reconnect(platform, conn, reconnect_limit).await;
+                }
+            }
+        }
+        true
+    }
+    /// Waits for the runner's next connection of `conn`'s runner type, replaces `conn` with it
+    /// and redelivers every task without a result.
+    pub async fn reconnect(
+        &mut self,
+        platform: &FakePlatform,
+        conn: &mut Conn,
+        reconnect_limit: Duration,
+    ) {
+        let ended = std::time::Instant::now();
+        let kind = conn.runner_type().to_string();
+        let next = loop {
+            let c = tokio::time::timeout(reconnect_limit, platform.next_conn())
+                .await
+                .unwrap_or_else(|_| panic!("no reconnect within {reconnect_limit:?}"));
+            if c.runner_type() == kind {
+                break c;
+            }
+            self.spare.push(c);
+        };
+        self.reconnects
+            .push(next.setup_at.saturating_duration_since(ended));
+        *conn = next;
+        self.redeliver(conn);
+    }
+    /// Books whatever arrives on `conn` during `quiet` (late duplicates).
+    pub async fn drain_for(&mut self, conn: &mut Conn, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match conn.next_frame(left).await {
+                Some(Frame::Json(v)) => {
+                    self.record(&v);
+                }
+                Some(Frame::Text(_)) => {}
+                _ => return,
+            }
+        }
+    }
 }
 
 async fn serve_ws(
@@ -348,6 +684,7 @@ async fn serve_ws(
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let (frame_tx, frame_rx) = mpsc::unbounded_channel();
     let (target, headers) = seen.lock().unwrap().clone();
+    let pongs = Arc::new(AtomicUsize::new(0));
     let _ = conn_tx.send(Conn {
         target,
         headers,
@@ -356,6 +693,7 @@ async fn serve_ws(
         setup_at,
         tx: cmd_tx,
         rx: frame_rx,
+        pongs: pongs.clone(),
     });
     let mut frozen = false;
     loop {
@@ -369,6 +707,40 @@ async fn serve_ws(
                 }
                 Some(Cmd::Drop) | None => return Ok(()),
                 Some(Cmd::Freeze) => frozen = true,
+                Some(Cmd::SendBinary(b)) => {
+                    if ws.send(Message::Binary(b.into())).await.is_err() {
+                        let _ = frame_tx.send(Frame::Gone);
+                        return Ok(());
+                    }
+                }
+                Some(Cmd::SendRawText(b)) => {
+                    let frame = WsFrame::message(b, OpCode::Data(Data::Text), true);
+                    if ws.send(Message::Frame(frame)).await.is_err() {
+                        let _ = frame_tx.send(Frame::Gone);
+                        return Ok(());
+                    }
+                }
+                Some(Cmd::Ping(p)) => {
+                    if ws.send(Message::Ping(p.into())).await.is_err() {
+                        let _ = frame_tx.send(Frame::Gone);
+                        return Ok(());
+                    }
+                }
+                Some(Cmd::Reset) => {
+                    let _ = ws.get_ref().set_zero_linger();
+                    return Ok(());
+                }
+                Some(Cmd::DropMidFrame(text)) => {
+                    let _ = ws.flush().await;
+                    let mut raw = Vec::new();
+                    let frame = WsFrame::message(text.into_bytes(), OpCode::Data(Data::Text), true);
+                    let _ = frame.format(&mut raw);
+                    let tcp = ws.get_mut();
+                    let _ = tcp.write_all(&raw[..raw.len() / 2]).await;
+                    let _ = tcp.flush().await;
+                    let _ = tcp.set_zero_linger();
+                    return Ok(());
+                }
             },
             msg = ws.next(), if !frozen => match msg {
                 Some(Ok(Message::Text(t))) => {
@@ -378,6 +750,9 @@ async fn serve_ws(
                         Err(_) => Frame::Text(t.to_string()),
                     };
                     let _ = frame_tx.send(f);
+                }
+                Some(Ok(Message::Pong(_))) => {
+                    pongs.fetch_add(1, Ordering::SeqCst);
                 }
                 Some(Ok(Message::Close(c))) => {
                     let _ = frame_tx.send(Frame::Close(c.map(|c| u16::from(c.code))));
@@ -444,6 +819,28 @@ async fn rest(
     let query = req.uri().query().unwrap_or("").to_string();
     if path == "/public/v1/requests" && query.ends_with("&limit=0&offset=0") {
         let (id, statuses) = parse_filter(&query);
+        match next_fault(&st, RestStep::Count, &id) {
+            Some(RestFault::Slow(d)) => tokio::time::sleep(d).await,
+            Some(RestFault::Held) => {
+                let _ = released.wait_for(|r| *r).await;
+            }
+            Some(RestFault::InvalidJson) => {
+                return Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .header("content-range", "items */garbage")
+                    .body(Body::from("<html>not json"))
+                    .unwrap()
+            }
+            Some(RestFault::Truncated) => {
+                return truncated(
+                    Response::builder().header("content-range", "items 0-0/1"),
+                    b"[{\"id\": \"cut\"}]".to_vec(),
+                )
+            }
+            Some(fault) => return fault_reply(&fault),
+            None => {}
+        }
         let matching = st
             .objects
             .lock()
@@ -464,6 +861,31 @@ async fn rest(
     }
     if let Some(id) = path.strip_prefix("/public/v1/requests/") {
         st.object_gets.fetch_add(1, Ordering::SeqCst);
+        match next_fault(&st, RestStep::Get, id) {
+            Some(RestFault::Slow(d)) => tokio::time::sleep(d).await,
+            Some(RestFault::Held) => {
+                let _ = released.wait_for(|r| *r).await;
+            }
+            Some(RestFault::InvalidJson) => {
+                return Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Body::from(format!("{{\"id\": \"{id}\", \"status\": ")))
+                    .unwrap()
+            }
+            Some(RestFault::Truncated) => {
+                let body = st
+                    .objects
+                    .lock()
+                    .unwrap()
+                    .get(id)
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| "{\"error_code\": \"NOT_FOUND\"}".into());
+                return truncated(Response::builder(), body.into_bytes());
+            }
+            Some(fault) => return fault_reply(&fault),
+            None => {}
+        }
         let forced = st.get_status.lock().unwrap().get(id).copied();
         if let Some(code) = forced {
             return reply(
@@ -486,4 +908,56 @@ async fn rest(
         };
     }
     reply(404, json!({"error_code": "NOT_FOUND", "path": path}))
+}
+
+/// Counts the call and takes the next planned fault of (step, id), if any.
+fn next_fault(st: &PlatformState, step: RestStep, id: &str) -> Option<RestFault> {
+    let key = (step, id.to_string());
+    *st.rest_calls
+        .lock()
+        .unwrap()
+        .entry(key.clone())
+        .or_default() += 1;
+    let mut plans = st.rest_faults.lock().unwrap();
+    let plan = plans.get_mut(&key)?;
+    plan.first.pop_front().or_else(|| plan.then.clone())
+}
+
+/// The answer of a status fault.
+fn fault_reply(fault: &RestFault) -> Response {
+    let (status, retry_after) = match fault {
+        RestFault::Status(code) => (*code, None),
+        RestFault::TooManyRequests { retry_after_secs } => (429, Some(*retry_after_secs)),
+        other => unreachable!("{other:?} is not a status fault"),
+    };
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap())
+        .header("content-type", "application/json");
+    if let Some(secs) = retry_after {
+        b = b.header("retry-after", secs.to_string());
+    }
+    b.body(Body::from(
+        json!({"error_code": format!("HTTP_{status}"), "errors": ["fault planned by the test"]})
+            .to_string(),
+    ))
+    .unwrap()
+}
+
+/// A 200 announcing `body.len()` bytes that sends half of them, then drops the connection.
+fn truncated(builder: axum::http::response::Builder, body: Vec<u8>) -> Response {
+    let full = body.len();
+    let half = axum::body::Bytes::from(body[..full / 2].to_vec());
+    let chunks: Vec<Result<axum::body::Bytes, std::io::Error>> = vec![
+        Ok(half),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "truncated by the test",
+        )),
+    ];
+    builder
+        .status(200)
+        .header("content-type", "application/json")
+        .header("content-length", full.to_string())
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap()
 }

@@ -174,3 +174,147 @@ impl Harness {
         let _ = tokio::time::timeout(Duration::from_secs(20), self.run).await;
     }
 }
+
+/// A free loopback port (bound and released; the daemon binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real daemon binary as a child process, configured by environment variables only
+/// (`env_for` the fake platform, plus `extra`), its stdout and stderr in a log file.
+pub struct Daemon {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    /// `http://127.0.0.1:{port}`
+    pub http: String,
+    pub log: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Spawns the binary with `data_dir` as LOCAL_DATA_DIR; the log goes to `{work_dir}/{name}.log`.
+    pub fn spawn(
+        platform: &FakePlatform,
+        work_dir: &std::path::Path,
+        data_dir: &std::path::Path,
+        name: &str,
+        extra: &[(&str, &str)],
+    ) -> Daemon {
+        let port = free_port();
+        let log = work_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_connect-extension-mongodb"));
+        cmd.env_clear()
+            .envs(env_for(platform, data_dir))
+            .env("HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("STORAGE_BACKENDS", "local")
+            .env("RUST_LOG", "info")
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .current_dir(work_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .kill_on_drop(true);
+        let child = cmd.spawn().unwrap();
+        let pid = child.id().unwrap();
+        Daemon {
+            child,
+            pid,
+            http: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`, `libc::SIGKILL`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with the pid of our own child; no memory is involved.
+        let rc = unsafe { libc::kill(self.pid as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid);
+    }
+
+    /// Waits for the exit (None after `limit`).
+    pub async fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .map(|r| r.unwrap())
+    }
+
+    /// Peak resident set size (`VmHWM`) in KiB, while the process lives.
+    pub fn vm_hwm_kib(&self) -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Everything the daemon printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `n` bytes of the log (for assertion messages).
+    pub fn log_tail(&self, n: usize) -> String {
+        let s = self.log_text();
+        let mut start = s.len().saturating_sub(n);
+        while !s.is_char_boundary(start) {
+            start += 1;
+        }
+        s[start..].to_string()
+    }
+
+    /// GET `path` on the daemon's HTTP listener, retried for up to 10 s until it answers.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let mut last = String::new();
+        for _ in 0..100 {
+            match reqwest::get(format!("{}{path}", self.http)).await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let body = r.text().await.unwrap_or_default();
+                    return (
+                        status,
+                        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+                    );
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the daemon's HTTP listener never answered {path}: {last}");
+    }
+
+    /// Every stored document (up to 1000), read back through `GET /events`.
+    pub async fn documents(&self) -> Vec<serde_json::Value> {
+        let (status, body) = self.get("/events?limit=1000").await;
+        assert_eq!(status, 200, "{body}");
+        body["documents"].as_array().unwrap().clone()
+    }
+}
+
+/// Every document (up to 1000) in the SQLite store in `data_dir` (the daemon must have exited).
+pub async fn stored_in(data_dir: &std::path::Path) -> Vec<serde_json::Value> {
+    use connect_extension_mongodb::storage::Storage;
+    let store = connect_extension_mongodb::storage::local::LocalStorage::open(data_dir).unwrap();
+    store
+        .list(&ListQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Object ids of `docs` (their `id` field) with how often each occurs.
+pub fn object_id_counts(docs: &[serde_json::Value]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for d in docs {
+        *counts
+            .entry(d["id"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    counts
+}

@@ -278,3 +278,69 @@ async fn rest_faults_answer_every_task_and_never_success_without_the_object() {
     }
     h.shutdown().await;
 }
+
+/// SIGTERM-like stop in the middle of a burst: every task is answered (`success` or `retry`),
+/// and the tasks answered `retry` did not spend a count call first —
+/// only the sessions on the wire at the stop (at most `concurrency`) made a count without its GET.
+#[tokio::test]
+async fn a_stop_mid_burst_spends_no_count_on_tasks_that_never_get_their_object() {
+    const C: usize = 4;
+    const N: usize = 10 * C;
+    let h = Harness::start(
+        &[("CONNECT_REST_CONCURRENCY", "4"), ("SHUTDOWN_GRACE", "1")],
+        None,
+    )
+    .await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    h.platform.set_rest_latency(Duration::from_millis(150));
+    for i in 0..N {
+        h.platform
+            .add_object(purchase_object(&format!("PR-STOP-{i:03}"), "pending"));
+        bg.send(&background_task(
+            &format!("TQ-STOP-{i:03}"),
+            &format!("PR-STOP-{i:03}"),
+        ));
+    }
+    let mut results = std::collections::HashMap::new();
+    let first = bg.recv_json().await;
+    results.insert(
+        first["data"]["options"]["task_id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        first,
+    );
+    h.stop.cancel();
+    while results.len() < N {
+        match bg.recv().await {
+            Frame::Json(v) if v["message_type"] == "task" => {
+                let id = v["data"]["options"]["task_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                assert!(
+                    results.insert(id.clone(), v).is_none(),
+                    "{id} answered twice"
+                );
+            }
+            Frame::Json(_) | Frame::Text(_) => {}
+            Frame::Close(_) | Frame::Gone => break,
+        }
+    }
+    assert_eq!(results.len(), N, "every task is answered before the close");
+    let successes = results
+        .values()
+        .filter(|r| output(r)["result"] == "success")
+        .count();
+    assert!(results
+        .values()
+        .all(|r| output(r)["result"] == "success" || output(r)["result"] == "retry"));
+    assert!(successes < N, "the stop came mid-burst");
+    let counts = h.platform.rest_call_count(RestCall::Count);
+    let gets = h.platform.rest_call_count(RestCall::Get);
+    assert!(
+        counts - gets <= C,
+        "{counts} counts but {gets} GETs: counts were spent on tasks that never got their object"
+    );
+    h.shutdown().await;
+}

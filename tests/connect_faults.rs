@@ -654,7 +654,6 @@ async fn rest_faults_answer_every_task_and_never_success_without_the_object() {
 /// A 429 with `Retry-After` that fits in the task's time budget is waited out and retried, on
 /// the count and on the GET: the task ends `success`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: waits for REST 429 Retry-After (item 6)"]
 async fn rest_429_with_retry_after_is_honoured() {
     let mut rig = Rig::start(&[]).await;
     let fault = RestFault::TooManyRequests {

@@ -408,8 +408,8 @@ impl Channel {
         };
         let open = async {
             let tcp = match &self.opts.proxy {
-                Some(p) if p.applies_to(&host, secure) => p.connect(&host, port).await?,
-                _ => TcpStream::connect((host.as_str(), port))
+                Some(p) => p.open(&host, port, secure).await?,
+                None => TcpStream::connect((host.as_str(), port))
                     .await
                     .map_err(|e| format!("TCP connect to {host}:{port}: {e}"))?,
             };

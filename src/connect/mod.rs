@@ -8,7 +8,7 @@
 //! | `tasks.rs` | one task: status gate + fetch + registry, or interactive, or scheduled |
 //! | `rest.rs` | the Connect REST calls (count, object) |
 //! | `live.rs` | `setup_response` merging and storage rebuilds from extension variables |
-//! | `proxy.rs` | HTTPS_PROXY (HTTP CONNECT) for the websocket |
+//! | `proxy.rs` | HTTP(S)_PROXY / ALL_PROXY / NO_PROXY (HTTP CONNECT, SOCKS5) for the websocket and REST |
 //! | `redact.rs` | scrubbing frames before they are logged |
 //!
 //! [`ConnectService::build`] prepares both channels (`background`, `interactive`);
@@ -58,6 +58,9 @@ pub struct Tuning {
     pub storage_rebuild_timeout: Duration,
     /// Largest Connect REST response body read; a longer one is a retriable network error.
     pub rest_max_body_bytes: usize,
+    /// HTTP(S)_PROXY / ALL_PROXY / NO_PROXY as these variables would answer (tests);
+    /// `None`: the process environment.
+    pub proxy_env: Option<std::collections::HashMap<String, String>>,
 }
 
 impl Default for Tuning {
@@ -73,6 +76,7 @@ impl Default for Tuning {
             rest_retry_delay: Duration::from_secs(1),
             storage_rebuild_timeout: Duration::from_secs(60),
             rest_max_body_bytes: 16 * 1024 * 1024,
+            proxy_env: None,
         }
     }
 }
@@ -295,8 +299,16 @@ impl ConnectService {
         };
         let (ws_base, rest_base) = endpoints(settings, &instance_id)?;
         let tls = tls_config()?;
-        let proxy = proxy::Proxy::from_env(|k| std::env::var(k).ok());
-        let http = reqwest::Client::builder()
+        let proxy = match &tuning.proxy_env {
+            Some(vars) => proxy::Proxy::from_env(|k| vars.get(k).cloned()),
+            None => proxy::Proxy::from_env(|k| std::env::var(k).ok()),
+        }
+        .map_err(ConnectError::Setup)?;
+        let mut http = reqwest::Client::builder().no_proxy();
+        if let Some(p) = &proxy {
+            http = http.proxy(p.for_reqwest());
+        }
+        let http = http
             .use_preconfigured_tls((*tls).clone())
             .user_agent(user_agent(&c.environment_id, &instance_id))
             .connect_timeout(Duration::from_secs(10))
@@ -404,7 +416,7 @@ impl ConnectService {
             websocket = %crate::config::redact_url(&ws_base),
             rest = %crate::config::redact_url(&rest_base),
             instance_id = %instance_id,
-            proxy = proxy.is_some(),
+            proxy = ?proxy,
             "Connect channel configured"
         );
         Ok(ConnectService {

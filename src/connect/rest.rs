@@ -2,16 +2,20 @@
 //!
 //! Like the runner: `Authorization` is the installation key when the task carries one, else
 //! API_KEY; 5xx answers and network errors are retried 3 times, 1 s apart — but the wait is an
-//! async sleep in this task only, never blocking other tasks. 4xx answers fail at once.
+//! async sleep in this task only, never blocking other tasks. 4xx answers fail at once, except 429.
 //!
-//! At most `concurrency` calls (CONNECT_REST_CONCURRENCY) are on the wire at once, body read
-//! included; other tasks queue for a slot. Over plain HTTP/1.1 every concurrent call is its own
-//! TCP connection, so without the bound a burst of 512 tasks opened 512 connections and held 512
-//! response bodies at once — more CPU and memory for no more throughput (BENCHMARKS.md).
+//! | Case | Behaviour |
+//! |---|---|
+//! | concurrency | A task's calls run in one [`RestSession`]: it waits (FIFO) for one of `concurrency` slots (CONNECT_REST_CONCURRENCY) and holds it across the count, the GET and their retries, so under a burst started tasks finish first instead of every task spending its count before any GET. At most `concurrency` calls are on the wire (HTTP/1.1: that many connections). |
+//! | budget | Slot wait, calls, retries and waits of a session end within the task's budget (BACKGROUND_TASK_MAX_EXECUTION_TIME); past it the call fails (`retry`). |
+//! | 5xx, network error | Retried `retries` times, `retry_delay` apart (or after `Retry-After`). |
+//! | body cut off mid-read | A network error, retried: `Content-Length` not reached, or (for JSON) a 2xx body whose JSON ends early. |
+//! | 429 | Retried after its `Retry-After` (seconds or HTTP date) while that fits the remaining budget; otherwise the call fails at once (`retry`). |
+//! | other 4xx, invalid JSON | Fail at once (the task answers `retry`). |
+//! | long body | Every body read is bounded (`Tuning::rest_max_body_bytes`, 16 MiB): a longer answer is a retriable network error, never an unbounded buffer. |
 //!
-//! Every body read is bounded (`Tuning::rest_max_body_bytes`, 16 MiB): a longer answer is a
-//! retriable network error (`retry`), never an unbounded buffer. Error bodies are read up to 4 KiB
-//! and quoted as a 300-byte excerpt with control characters escaped.
+//! Error bodies are read up to 4 KiB and quoted as a 300-byte excerpt with control characters
+//! escaped.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +37,9 @@ pub enum RestError {
     Network { path: String, message: String },
     #[error("GET {path}: {message}")]
     Invalid { path: String, message: String },
+    /// The task's time budget ran out (or a `Retry-After` would overrun it).
+    #[error("{message}")]
+    Budget { message: String },
 }
 
 pub struct Rest {
@@ -115,78 +122,24 @@ impl Rest {
         &self.base
     }
 
-    /// GET with the runner's retry policy; returns the successful response's headers and body
-    /// (read within the bound, under the concurrency slot). No slot is held while waiting to retry.
-    async fn get(
-        &self,
-        step: &str,
-        path: &str,
-        key: &str,
-    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), RestError> {
-        let url = format!("{}{}", self.base, path);
-        let mut attempt = 0;
-        loop {
-            let slot = self.slots.acquire().await.expect("never closed");
-            let started = Instant::now();
-            let result = self
-                .client
-                .get(&url)
-                .header(reqwest::header::AUTHORIZATION, key)
-                .send()
-                .await;
-            let network = |message: String| RestError::Network {
-                path: path.to_string(),
-                message,
-            };
-            let (outcome, retriable, err) = match result {
-                Ok(resp) if resp.status().is_success() => {
-                    let headers = resp.headers().clone();
-                    match read_bounded(resp, self.max_body_bytes).await {
-                        Ok(body) => {
-                            self.observe(step, "ok", started);
-                            return Ok((headers, body));
-                        }
-                        Err(BodyError::TooLong) => (
-                            "error".to_string(),
-                            true,
-                            network(format!(
-                                "the answer is longer than {} bytes",
-                                self.max_body_bytes
-                            )),
-                        ),
-                        Err(BodyError::Network(m)) => ("error".to_string(), true, network(m)),
-                    }
-                }
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let body = match read_bounded(resp, ERROR_BODY_BYTES).await {
-                        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-                        Err(_) => String::new(),
-                    };
-                    (
-                        format!("http_{status}"),
-                        status >= 500,
-                        RestError::Status {
-                            path: path.to_string(),
-                            status,
-                            body: crate::sanitize::escaped_excerpt(&body, 300),
-                        },
-                    )
-                }
-                Err(e) => (
-                    "error".to_string(),
-                    true,
-                    network(error_chain(&e.without_url())),
+    /// One task's REST budget: waits (in arrival order) for a slot, which the session then holds
+    /// across all its calls and retries, so a started task finishes before a queued one starts.
+    /// Everything — the wait for the slot included — must end within `budget` from now.
+    pub async fn session(&self, budget: Duration) -> Result<RestSession<'_>, RestError> {
+        let deadline = tokio::time::Instant::now() + budget;
+        match tokio::time::timeout_at(deadline, self.slots.acquire()).await {
+            Ok(slot) => Ok(RestSession {
+                rest: self,
+                _slot: slot.expect("never closed"),
+                deadline,
+                budget,
+            }),
+            Err(_) => Err(RestError::Budget {
+                message: format!(
+                    "no Connect REST slot (CONNECT_REST_CONCURRENCY) came free within the task's time budget ({} s)",
+                    budget.as_secs()
                 ),
-            };
-            self.observe(step, &outcome, started);
-            drop(slot);
-            if !retriable || attempt >= self.retries {
-                return Err(err);
-            }
-            attempt += 1;
-            tracing::debug!(error = %err, attempt, "Connect REST call failed; retrying");
-            tokio::time::sleep(self.retry_delay).await;
+            }),
         }
     }
 
@@ -199,12 +152,200 @@ impl Rest {
             })
             .observe(started.elapsed().as_secs_f64());
     }
+}
+
+/// One task's REST calls under one concurrency slot and one deadline (see [`Rest::session`]).
+pub struct RestSession<'a> {
+    rest: &'a Rest,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+    deadline: tokio::time::Instant,
+    budget: Duration,
+}
+
+/// The wait a `Retry-After` header asks for (seconds or an HTTP date); `None` when absent or
+/// unreadable.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// One attempt's outcome.
+enum Attempt {
+    Ok(reqwest::header::HeaderMap, Vec<u8>, Option<Value>),
+    Failed {
+        outcome: String,
+        retriable: bool,
+        wait: Option<Duration>,
+        err: RestError,
+    },
+}
+
+impl RestSession<'_> {
+    /// GET with the runner's retry policy, within the session's deadline: 5xx, 429 and network
+    /// errors (a body cut off mid-read included) are retried `retries` times, `retry_delay` apart
+    /// or after the `Retry-After` the answer asks for — unless that wait does not fit the
+    /// remaining budget, which ends the call at once. With `json`, a 2xx body whose JSON ends early
+    /// is a cut-off body (retried); other invalid JSON is not retried.
+    async fn get(
+        &self,
+        step: &str,
+        path: &str,
+        key: &str,
+        json: bool,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>, Option<Value>), RestError> {
+        let rest = self.rest;
+        let url = format!("{}{}", rest.base, path);
+        let network = |message: String| RestError::Network {
+            path: path.to_string(),
+            message,
+        };
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let once = async {
+                let resp = match rest
+                    .client
+                    .get(&url)
+                    .header(reqwest::header::AUTHORIZATION, key)
+                    .send()
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Attempt::Failed {
+                            outcome: "error".into(),
+                            retriable: true,
+                            wait: None,
+                            err: network(error_chain(&e.without_url())),
+                        }
+                    }
+                };
+                let status = resp.status();
+                if status.is_success() {
+                    let headers = resp.headers().clone();
+                    let body = match read_bounded(resp, rest.max_body_bytes).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let message = match e {
+                                BodyError::TooLong => format!(
+                                    "the answer is longer than {} bytes",
+                                    rest.max_body_bytes
+                                ),
+                                BodyError::Network(m) => {
+                                    format!("the answer was cut off mid-read: {m}")
+                                }
+                            };
+                            return Attempt::Failed {
+                                outcome: "error".into(),
+                                retriable: true,
+                                wait: None,
+                                err: network(message),
+                            };
+                        }
+                    };
+                    if !json {
+                        return Attempt::Ok(headers, body, None);
+                    }
+                    return match serde_json::from_slice::<Value>(&body) {
+                        Ok(v) => Attempt::Ok(headers, body, Some(v)),
+                        Err(e) if e.is_eof() => Attempt::Failed {
+                            outcome: "error".into(),
+                            retriable: true,
+                            wait: None,
+                            err: network(format!(
+                                "the answer was cut off mid-read ({} bytes, JSON incomplete: {e})",
+                                body.len()
+                            )),
+                        },
+                        Err(e) => Attempt::Failed {
+                            outcome: "invalid".into(),
+                            retriable: false,
+                            wait: None,
+                            err: RestError::Invalid {
+                                path: path.to_string(),
+                                message: format!("the answer is not JSON: {e}"),
+                            },
+                        },
+                    };
+                }
+                let code = status.as_u16();
+                let wait = retry_after(resp.headers());
+                let body = match read_bounded(resp, ERROR_BODY_BYTES).await {
+                    Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                    Err(_) => String::new(),
+                };
+                Attempt::Failed {
+                    outcome: format!("http_{code}"),
+                    retriable: code >= 500 || code == 429,
+                    wait,
+                    err: RestError::Status {
+                        path: path.to_string(),
+                        status: code,
+                        body: crate::sanitize::escaped_excerpt(&body, 300),
+                    },
+                }
+            };
+            let result = match tokio::time::timeout_at(self.deadline, once).await {
+                Ok(r) => r,
+                Err(_) => {
+                    rest.observe(step, "timeout", started);
+                    return Err(network(format!(
+                        "no complete answer within the task's time budget ({} s)",
+                        self.budget.as_secs()
+                    )));
+                }
+            };
+            let (outcome, retriable, wait, err) = match result {
+                Attempt::Ok(headers, body, value) => {
+                    rest.observe(step, "ok", started);
+                    return Ok((headers, body, value));
+                }
+                Attempt::Failed {
+                    outcome,
+                    retriable,
+                    wait,
+                    err,
+                } => (outcome, retriable, wait, err),
+            };
+            rest.observe(step, &outcome, started);
+            if !retriable || attempt >= rest.retries {
+                return Err(err);
+            }
+            let pause = wait.unwrap_or(rest.retry_delay);
+            if tokio::time::Instant::now() + pause > self.deadline {
+                return Err(RestError::Budget {
+                    message: match wait {
+                        Some(w) => format!(
+                            "{err}; Retry-After asks for {} s, beyond the task's time budget ({} s): not waited for",
+                            w.as_secs(),
+                            self.budget.as_secs()
+                        ),
+                        None => format!("{err}; no time left in the task's budget to retry"),
+                    },
+                });
+            }
+            attempt += 1;
+            tracing::debug!(error = %err, attempt, wait_ms = pause.as_millis() as u64, "Connect REST call failed; retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
 
     /// `GET {collection}?{filter}&limit=0&offset=0`, total from `Content-Range: items a-b/total`.
     /// The filter is sent raw (no percent-encoding of `(`, `)` or `,`), as the runner does.
     pub async fn count(&self, collection: &str, filter: &str, key: &str) -> Result<u64, RestError> {
         let path = format!("{collection}?{filter}&limit=0&offset=0");
-        let (headers, _body) = self.get("count", &path, key).await?;
+        let (headers, _body, _) = self.get("count", &path, key, false).await?;
         let header = headers
             .get(reqwest::header::CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
@@ -221,18 +362,16 @@ impl Rest {
             .and_then(|t| t.trim().parse::<u64>().ok())
             .ok_or_else(|| {
                 invalid(format!(
-                    "cannot read the total from Content-Range `{header}`"
+                    "cannot read the total from Content-Range `{}`",
+                    crate::sanitize::escaped_excerpt(&header, 100)
                 ))
             })
     }
 
     /// `GET {path}` as JSON.
     pub async fn get_json(&self, path: &str, key: &str) -> Result<Value, RestError> {
-        let (_headers, body) = self.get("get", path, key).await?;
-        serde_json::from_slice::<Value>(&body).map_err(|e| RestError::Invalid {
-            path: path.to_string(),
-            message: format!("the answer is not JSON: {e}"),
-        })
+        let (_headers, _body, value) = self.get("get", path, key, true).await?;
+        Ok(value.unwrap_or(Value::Null))
     }
 }
 

@@ -1,6 +1,9 @@
 //! Handling one task (§5.2–§5.4): from the task frame to its `output`.
 //!
-//! * **background**: event definition → RQL status gate (count) → object GET → registry, bounded by
+//! * **background**: event definition → RQL status gate (count) → object GET → registry. The count
+//!   and the GET share one REST slot (a [`super::rest::RestSession`]: a started task finishes its
+//!   REST calls before a queued one starts) and one budget of BACKGROUND_TASK_MAX_EXECUTION_TIME
+//!   (slot wait, retries and `Retry-After` waits included); the handler then gets its own
 //!   BACKGROUND_TASK_MAX_EXECUTION_TIME. Any failure is `retry` with a clear error chain.
 //! * **interactive**: `input.data` → registry (validation types fall back to echoing the draft),
 //!   bounded by INTERACTIVE_TASK_MAX_EXECUTION_TIME. Failures are `fail`, never a silent drop.
@@ -99,8 +102,12 @@ async fn background(ctx: &TaskContext, defs: &Definitions, task: &Task) -> TaskO
         &format!("({})", statuses.join(",")),
     );
     let key = key_for(ctx, task);
-    match ctx
-        .rest
+    // One REST slot for the count and the GET (started tasks finish first), one budget for both.
+    let session = match ctx.rest.session(ctx.background_timeout).await {
+        Ok(s) => s,
+        Err(e) => return retry(format!("status check of {object_id} not started: {e}")),
+    };
+    match session
         .count(&def.api_collection_endpoint, &filter, key)
         .await
     {
@@ -118,10 +125,11 @@ async fn background(ctx: &TaskContext, defs: &Definitions, task: &Task) -> TaskO
         Err(e) => return retry(format!("status check of {object_id} failed: {e}")),
     }
     let path = def.api_resource_endpoint.replace("{pk}", object_id);
-    let object = match ctx.rest.get_json(&path, key).await {
+    let object = match session.get_json(&path, key).await {
         Ok(o) => o,
         Err(e) => return retry(format!("fetching {object_id} failed: {e}")),
     };
+    drop(session); // the slot is for REST calls only, not for the handler
     let event = Event::new(event_type, object_id.clone(), object, Source::Websocket)
         .with_task_id(task.options.task_id.clone());
     let started = Instant::now();
@@ -267,7 +275,11 @@ async fn scheduled(ctx: &TaskContext, service_id: Option<&str>, task: &Task) -> 
         "devops/services/{service_id}/environments/{}/schedules/{}",
         ctx.environment_id, task.input.object_id
     );
-    let schedule = match ctx.rest.get_json(&path, ctx.api_key.expose()).await {
+    let fetched = match ctx.rest.session(ctx.background_timeout).await {
+        Ok(session) => session.get_json(&path, ctx.api_key.expose()).await,
+        Err(e) => Err(e),
+    };
+    let schedule = match fetched {
         Ok(s) => s,
         Err(e) => {
             return retry(format!(

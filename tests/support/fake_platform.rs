@@ -817,6 +817,9 @@ async fn rest(
     };
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    if let Some(r) = rest_fault(&st, &path, &query).await {
+        return r;
+    }
     if path == "/public/v1/requests" && query.ends_with("&limit=0&offset=0") {
         let (id, statuses) = parse_filter(&query);
         match next_fault(&st, RestStep::Count, &id) {
@@ -960,4 +963,179 @@ fn truncated(builder: axum::http::response::Builder, body: Vec<u8>) -> Response 
         .header("content-length", full.to_string())
         .body(Body::from_stream(futures_util::stream::iter(chunks)))
         .unwrap()
+}
+
+// ---- rest knobs ----
+// REST faults (issue 9 items 6 and the fake's REST fault modes): a latency on every REST call and
+// scripted faults for the count and the object GET of an object id, consumed one per call. Kept in
+// a side table keyed by the platform's state so the code above stays as it was; the one hook is
+// the `rest_fault` call at the top of `rest`.
+
+/// One scripted answer to a REST call.
+#[derive(Debug, Clone)]
+pub enum ScriptedFault {
+    /// This HTTP status with a JSON error body.
+    Status(u16),
+    /// 429 with this `Retry-After` value.
+    TooMany(String),
+    /// Answer normally after this delay.
+    Slow(Duration),
+    /// `Content-Length` of the full object, half of it sent, then the connection cut.
+    Truncated,
+    /// 200 with a body that is not JSON.
+    InvalidJson,
+    /// 200 with the first half of the object as a complete HTTP body (what a close-delimited
+    /// answer cut off mid-read looks like).
+    CutJson,
+}
+
+/// Which REST call of an object id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RestCall {
+    Count,
+    Get,
+}
+
+/// The REST fault table of one fake platform.
+#[derive(Default)]
+pub struct RestFaults {
+    /// Added before every REST answer.
+    pub latency: Mutex<Duration>,
+    /// Faults still to answer, per call and object id, first first.
+    pub script: Mutex<HashMap<(RestCall, String), std::collections::VecDeque<ScriptedFault>>>,
+    /// Every count / object GET as it arrived: (call, object id, when).
+    pub calls: Mutex<Vec<(RestCall, String, std::time::Instant)>>,
+}
+
+fn rest_fault_table() -> &'static Mutex<HashMap<usize, Arc<RestFaults>>> {
+    static TABLE: std::sync::OnceLock<Mutex<HashMap<usize, Arc<RestFaults>>>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(Default::default)
+}
+
+fn rest_faults_of(st: &Arc<PlatformState>) -> Arc<RestFaults> {
+    rest_fault_table()
+        .lock()
+        .unwrap()
+        .entry(Arc::as_ptr(st) as usize)
+        .or_default()
+        .clone()
+}
+
+impl FakePlatform {
+    /// This platform's REST fault knobs.
+    pub fn rest_script(&self) -> Arc<RestFaults> {
+        rest_faults_of(&self.state)
+    }
+    /// Adds a latency to every REST call.
+    pub fn set_rest_latency(&self, latency: Duration) {
+        *self.rest_script().latency.lock().unwrap() = latency;
+    }
+    /// Scripts the next answers to `call` for `object_id` (then it answers normally).
+    pub fn script_rest(&self, call: RestCall, object_id: &str, faults: &[ScriptedFault]) {
+        self.rest_script()
+            .script
+            .lock()
+            .unwrap()
+            .entry((call, object_id.to_string()))
+            .or_default()
+            .extend(faults.iter().cloned());
+    }
+    /// The count / object GET calls so far, in arrival order.
+    pub fn rest_call_log(&self) -> Vec<(RestCall, String, std::time::Instant)> {
+        self.rest_script().calls.lock().unwrap().clone()
+    }
+    /// How many calls of `call` arrived so far.
+    pub fn rest_call_count(&self, call: RestCall) -> usize {
+        self.rest_call_log().iter().filter(|c| c.0 == call).count()
+    }
+}
+
+/// The hook: records the call, applies the latency, and answers a scripted fault if one is due
+/// (`None`: answer normally).
+async fn rest_fault(st: &Arc<PlatformState>, path: &str, query: &str) -> Option<Response> {
+    let faults = rest_faults_of(st);
+    let call = if path == "/public/v1/requests" && query.ends_with("&limit=0&offset=0") {
+        (RestCall::Count, parse_filter(query).0)
+    } else if let Some(id) = path.strip_prefix("/public/v1/requests/") {
+        (RestCall::Get, id.to_string())
+    } else {
+        return None;
+    };
+    faults
+        .calls
+        .lock()
+        .unwrap()
+        .push((call.0, call.1.clone(), std::time::Instant::now()));
+    let latency = *faults.latency.lock().unwrap();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let fault = faults
+        .script
+        .lock()
+        .unwrap()
+        .get_mut(&call)
+        .and_then(|q| q.pop_front())?;
+    let json_reply = |status: u16, extra: Option<(&str, String)>| {
+        let mut b = Response::builder()
+            .status(StatusCode::from_u16(status).unwrap())
+            .header("content-type", "application/json");
+        if let Some((k, v)) = extra {
+            b = b.header(k, v);
+        }
+        b.body(Body::from(
+            json!({"error_code": "X", "errors": ["forced by the test"]}).to_string(),
+        ))
+        .unwrap()
+    };
+    match fault {
+        ScriptedFault::Status(code) => Some(json_reply(code, None)),
+        ScriptedFault::TooMany(after) => Some(json_reply(429, Some(("retry-after", after)))),
+        ScriptedFault::Slow(d) => {
+            tokio::time::sleep(d).await;
+            None
+        }
+        ScriptedFault::InvalidJson => Some(
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .header("content-range", "items 0-0/1")
+                .body(Body::from("<html>not json</html>"))
+                .unwrap(),
+        ),
+        ScriptedFault::CutJson | ScriptedFault::Truncated => {
+            let full = st
+                .objects
+                .lock()
+                .unwrap()
+                .get(&call.1)
+                .cloned()
+                .unwrap_or_else(|| json!({"id": call.1}))
+                .to_string()
+                .into_bytes();
+            let half = full[..full.len() / 2].to_vec();
+            if matches!(fault, ScriptedFault::CutJson) {
+                return Some(
+                    Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .header("content-range", "items 0-0/1")
+                        .body(Body::from(half))
+                        .unwrap(),
+                );
+            }
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                vec![Ok(half), Err(std::io::Error::other("cut off by the test"))];
+            Some(
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .header("content-range", "items 0-0/1")
+                    .header("content-length", full.len())
+                    .body(Body::from_stream(futures_util::stream::iter(chunks)))
+                    .unwrap(),
+            )
+        }
+    }
 }

@@ -58,6 +58,9 @@ pub struct Tuning {
     pub storage_rebuild_timeout: Duration,
     /// Largest Connect REST response body read; a longer one is a retriable network error.
     pub rest_max_body_bytes: usize,
+    /// Bytes of task frames held waiting for a slot (beside at most CONNECT_MAX_IN_FLIGHT tasks);
+    /// a task beyond is answered `retry` at once. One task is always admitted.
+    pub waiting_task_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -73,6 +76,7 @@ impl Default for Tuning {
             rest_retry_delay: Duration::from_secs(1),
             storage_rebuild_timeout: Duration::from_secs(60),
             rest_max_body_bytes: 16 * 1024 * 1024,
+            waiting_task_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -296,9 +300,10 @@ impl ConnectService {
         let (ws_base, rest_base) = endpoints(settings, &instance_id)?;
         let tls = tls_config()?;
         let proxy = proxy::Proxy::from_env(|k| std::env::var(k).ok());
+        let agent = user_agent(&c.environment_id, &instance_id);
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
-            .user_agent(user_agent(&c.environment_id, &instance_id))
+            .user_agent(agent.clone())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(c.rest_concurrency)
@@ -382,6 +387,7 @@ impl ConnectService {
                         runner_type,
                         ws_base: ws_base.clone(),
                         api_key: c.api_key.clone(),
+                        user_agent: agent.clone(),
                         max_frame_bytes: c.max_frame_bytes,
                         max_in_flight: c.max_in_flight,
                         result_buffer: c.result_buffer,

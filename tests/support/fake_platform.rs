@@ -110,6 +110,8 @@ pub enum Frame {
     Text(String),
     Close(Option<u16>),
     Gone,
+    /// A pong (only after the test pinged; see the chan knobs at the end).
+    Pong,
 }
 
 enum Cmd {
@@ -118,6 +120,8 @@ enum Cmd {
     Drop,
     /// Stop reading (so pings get no pong) but keep the socket open.
     Freeze,
+    /// Any websocket message, as is (chan knobs at the end).
+    Raw(Message),
 }
 
 /// One set-up connection, handed to the test after the handshake.
@@ -369,6 +373,12 @@ async fn serve_ws(
                 }
                 Some(Cmd::Drop) | None => return Ok(()),
                 Some(Cmd::Freeze) => frozen = true,
+                Some(Cmd::Raw(m)) => {
+                    if ws.send(m).await.is_err() {
+                        let _ = frame_tx.send(Frame::Gone);
+                        return Ok(());
+                    }
+                }
             },
             msg = ws.next(), if !frozen => match msg {
                 Some(Ok(Message::Text(t))) => {
@@ -383,6 +393,9 @@ async fn serve_ws(
                     let _ = frame_tx.send(Frame::Close(c.map(|c| u16::from(c.code))));
                     let _ = ws.close(None).await;
                     return Ok(());
+                }
+                Some(Ok(Message::Pong(_))) => {
+                    let _ = frame_tx.send(Frame::Pong);
                 }
                 Some(Ok(_)) => {}
                 _ => {
@@ -486,4 +499,65 @@ async fn rest(
         };
     }
     reply(404, json!({"error_code": "NOT_FOUND", "path": path}))
+}
+
+// ---- chan knobs ----
+// Raw websocket messages from the platform (binary, pings, text frames that are not UTF-8) and
+// the answers to pings (`Frame::Pong`), for tests/connect_fidelity.rs.
+
+impl Conn {
+    /// Sends any websocket message as is.
+    pub fn send_message(&self, m: Message) {
+        let _ = self.tx.send(Cmd::Raw(m));
+    }
+    /// A server ping; the runner's pong arrives as `Frame::Pong`.
+    pub fn ping(&self) {
+        self.send_message(Message::Ping(b"fake-platform".to_vec().into()));
+    }
+    pub fn send_binary(&self, bytes: Vec<u8>) {
+        self.send_message(Message::Binary(bytes.into()));
+    }
+    /// A *text* frame whose payload is not valid UTF-8 (bypasses the sender's check).
+    pub fn send_invalid_utf8_text(&self, bytes: Vec<u8>) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+        self.send_message(Message::Frame(WsFrame::message(
+            bytes,
+            OpCode::Data(Data::Text),
+            true,
+        )));
+    }
+    /// The next frame that is not a pong, counting the pongs skipped into `pongs`.
+    pub async fn recv_counting_pongs(&mut self, pongs: &mut usize) -> Frame {
+        loop {
+            match self.recv().await {
+                Frame::Pong => *pongs += 1,
+                other => return other,
+            }
+        }
+    }
+    /// Collects `n` task results (keyed by task id; panics on a duplicate), skipping pongs.
+    pub async fn results_skipping_pongs(&mut self, n: usize) -> HashMap<String, Value> {
+        let mut out = HashMap::new();
+        let mut pongs = 0;
+        while out.len() < n {
+            let v = match self.recv_counting_pongs(&mut pongs).await {
+                Frame::Json(v) => v,
+                other => panic!(
+                    "expected a task result, got {other:?} ({} of {n} so far)",
+                    out.len()
+                ),
+            };
+            assert_eq!(v["message_type"], "task", "{v}");
+            let id = v["data"]["options"]["task_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                out.insert(id.clone(), v).is_none(),
+                "task {id} answered twice"
+            );
+        }
+        out
+    }
 }

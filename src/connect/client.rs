@@ -2,18 +2,35 @@
 //! send results, keep alive, reconnect forever, drain on shutdown.
 //!
 //! ```text
-//!   reader loop ──task──▶ tokio::spawn(tasks::run) ──result──▶ Outbox (bounded, survives reconnects)
-//!      ▲  permit (max_in_flight) acquired before each read                │
-//!      └──────────────────── websocket ◀── writer task (oldest first) ◀───┘
+//!   reader loop (always reading) ──task──▶ slot free? ──▶ tokio::spawn(tasks::run) ──result──┐
+//!      ▲                                       │ no                                          │
+//!      │                      waiting queue (≤ max_in_flight tasks, ≤ waiting_task_bytes)    │
+//!      │                                       │ full: answered `retry` at once ─────────────┤
+//!      └──────────────────── websocket ◀── writer task (control first, then oldest) ◀ Outbox ┘
 //! ```
-//! * Every task runs in its own tokio task; reading pauses while `max_in_flight` tasks run
-//!   (back-pressure), never because of a fetch.
+//! * Every task runs in its own tokio task, at most `max_in_flight` at a time. The reader never
+//!   waits for a slot: so server pings are answered (tungstenite answers them only while the
+//!   stream is polled) and `shutdown` / `setup_response` are read while saturated. Tasks read
+//!   while every slot is busy wait in a bounded queue and start in arrival order as slots free;
+//!   a task beyond it is answered `retry` at once ("the extension is busy"), so the platform
+//!   redelivers it. Reading pauses only when such an immediate answer finds the outbox full —
+//!   that happens only when the platform does not take our frames, so it would not get pongs
+//!   either; the missing pong then does not count against the connection.
+//! * On `shutdown` (platform or local) the waiting tasks never started and are answered `retry`
+//!   at once; on a lost connection they are left to the platform's redelivery.
 //! * Results go out the moment they exist. A result that cannot be sent stays at the head of the
 //!   outbox and is sent first after the reconnect. The outbox holds at most `result_buffer`
 //!   results and `result_buffer_bytes` bytes (a single larger result passes alone); when full,
 //!   finished tasks wait (and hold their in-flight slot), so nothing is dropped.
 //! * A frame that is not JSON, not version 2, of unknown type, or invalid is logged (a scrubbed
 //!   200-byte excerpt, control characters escaped) and skipped; the next frame is read at once.
+//!   `shutdown` is honoured whatever its version; a v2 task that cannot be read but names its
+//!   task id is answered `fail` (see `protocol`).
+//! * A frame above `max_frame_bytes` is answered with close 1009 (message too big), a text frame
+//!   that is not UTF-8 with 1007, as the runner's websockets library does; the close frame is
+//!   flushed and the rest of the input read until the platform closes (bounded by the flush
+//!   timeout), then the channel reconnects after the usual pause.
+//! * The upgrade carries `Authorization` and a `User-Agent` naming this daemon and its version.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

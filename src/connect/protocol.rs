@@ -3,6 +3,20 @@
 //! Field order in every struct is the order the Python runner's pydantic models serialize in, and
 //! [`to_wire`] reproduces Python's `json.dumps` layout (`", "` / `": "` separators, ASCII-only
 //! output), so our frames are byte-for-byte the shape the platform already receives.
+//!
+//! What [`parse_frame`] makes of a frame, checked against eaas-core 37 `Message.deserialize` (a
+//! missing `version` means 1; version 2 goes through pydantic, anything else through the legacy
+//! branch) and the runner's `EventsWorker.process_message`:
+//!
+//! | frame | the runner | here |
+//! |---|---|---|
+//! | `shutdown`, any or no `version`, any `data` | v1/v2: shutdown; other versions: validation error, lost | [`Incoming::Shutdown`] |
+//! | v2 `task` | pydantic: `countdown` defaults to 0, `runtime: null` → 0.0, `Optional` fields may be absent, `str` takes numbers | [`Incoming::Task`], as lenient (an incoming `output` is never used: one that cannot be read even so is ignored) |
+//! | v2 `task` that cannot be read but names `options.task_id` | validation error: lost, never answered | [`Incoming::UnreadableTask`]: answered `fail` with the reason |
+//! | v2 `task` without a task id, v2 `setup_response` that cannot be read | validation error: lost | [`FrameError::InvalidData`]: logged, skipped |
+//! | v1 / missing-version `task` | the legacy flat layout; a v2-shaped task raises `KeyError`: lost | [`FrameError::WrongVersion`]: logged, skipped (never answered: we do not speak v1) |
+//! | v1 `configuration` (legacy setup_response) | translated | skipped: the platform answers our v2 `setup_request` with v2 |
+//! | other types or versions | ignored or a validation error | [`FrameError::UnknownType`] / [`FrameError::WrongVersion`]: skipped |
 
 use std::fmt;
 
@@ -244,7 +258,8 @@ pub struct Task {
 
 /// A `task` frame of version 2 that cannot be read, but names its `options.task_id`: it is
 /// answered `fail` (the frame is wrong, a redelivery would be the same), never left unanswered.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows neither `options` nor `input` (an installation `api_key` may be in there).
+#[derive(Clone)]
 pub struct UnreadableTask {
     pub task_id: String,
     /// `input.event_type` when it is a string (metric label), else empty.
@@ -255,6 +270,17 @@ pub struct UnreadableTask {
     pub reason: String,
     options: Value,
     input: Value,
+}
+
+impl fmt::Debug for UnreadableTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnreadableTask")
+            .field("task_id", &self.task_id)
+            .field("event_type", &self.event_type)
+            .field("task_category", &self.task_category)
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UnreadableTask {
@@ -609,14 +635,111 @@ mod tests {
             Err(FrameError::UnknownType(t)) if t == "bogus"
         ));
         let no_model = TASK.replace("\"model_type\": \"task\"", "\"x\": 1");
+        // It names its task id: answered `fail`, not skipped.
         assert!(matches!(
             parse_frame(&no_model),
-            Err(FrameError::InvalidData { .. })
+            Ok(Incoming::UnreadableTask(u)) if u.reason.contains("`model_type` is missing")
         ));
         assert!(matches!(
             parse_frame(r#"{"version":2,"message_type":"shutdown","data":null}"#),
             Ok(Incoming::Shutdown)
         ));
+    }
+
+    #[test]
+    fn shutdown_is_honoured_whatever_its_version() {
+        for frame in [
+            r#"{"message_type":"shutdown"}"#,
+            r#"{"version":1,"message_type":"shutdown","data":null}"#,
+            r#"{"version":3,"message_type":"shutdown"}"#,
+            r#"{"version":"2","message_type":"shutdown","data":{"x":1}}"#,
+        ] {
+            assert!(
+                matches!(parse_frame(frame), Ok(Incoming::Shutdown)),
+                "{frame}"
+            );
+        }
+        // Other v1 frames stay skipped.
+        assert!(matches!(
+            parse_frame(r#"{"version":1,"message_type":"configuration","data":{}}"#),
+            Err(FrameError::WrongVersion(_))
+        ));
+    }
+
+    #[test]
+    fn task_output_is_read_as_leniently_as_eaas_core() {
+        let with = |output: Value| {
+            let mut v: Value = serde_json::from_str(TASK).unwrap();
+            v["data"]["output"] = output;
+            match parse_frame(&v.to_string()).unwrap() {
+                Incoming::Task(t) => t.output,
+                other => panic!("{other:?}"),
+            }
+        };
+        let o = with(json!({"result": "retry", "runtime": null})).unwrap();
+        assert_eq!((o.countdown, o.runtime), (0, 0.0));
+        let o = with(json!({"result": 1, "countdown": "30", "runtime": "1.5"})).unwrap();
+        assert_eq!((o.result.as_str(), o.countdown, o.runtime), ("1", 30, 1.5));
+        let o = with(json!({"result": "x", "countdown": -3, "runtime": 2})).unwrap();
+        assert_eq!((o.countdown, o.runtime), (0, 2.0));
+        // Unreadable even so: ignored (the answer replaces it), the task is still a task.
+        assert_eq!(with(json!({"countdown": [1]})), None);
+        assert_eq!(with(json!("nonsense")), None);
+    }
+
+    #[test]
+    fn numbers_are_read_as_strings_like_pydantic() {
+        let mut v: Value = serde_json::from_str(TASK).unwrap();
+        v["data"]["options"]["task_id"] = json!(123);
+        v["data"]["options"]["correlation_id"] = json!(true);
+        let Incoming::Task(t) = parse_frame(&v.to_string()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.options.task_id, "123");
+        assert_eq!(t.options.correlation_id.as_deref(), Some("True"));
+    }
+
+    #[test]
+    fn an_unreadable_task_with_an_id_can_be_answered() {
+        let mut v: Value = serde_json::from_str(TASK).unwrap();
+        v["data"]["input"]["object_id"] = json!({"$gt": ""});
+        v["data"]["options"]["api_key"] = json!("ApiKey SU-9:inst-secret");
+        v["data"]["extra"] = json!("not echoed");
+        let Incoming::UnreadableTask(u) = parse_frame(&v.to_string()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(u.task_id, "TQ-000042-9a1c");
+        assert!(u.reason.contains("expected a string"), "{}", u.reason);
+        assert!(!format!("{u:?}").contains("inst-secret"));
+        let answer: Value = serde_json::from_str(&u.answer(&TaskOutput {
+            result: "fail".into(),
+            data: None,
+            countdown: 0,
+            runtime: 0.0,
+            message: Some("m".into()),
+        }))
+        .unwrap();
+        assert_eq!(answer["version"], 2);
+        assert_eq!(answer["message_type"], "task");
+        assert_eq!(answer["data"]["options"], v["data"]["options"]);
+        assert_eq!(answer["data"]["input"], v["data"]["input"]);
+        assert_eq!(answer["data"]["output"]["result"], "fail");
+        assert_eq!(answer["data"]["model_type"], "task");
+        assert!(answer["data"].get("extra").is_none());
+        // Without a task id (or with an absurd one) there is nothing to answer.
+        for id in [
+            Value::Null,
+            json!(""),
+            json!("x".repeat(300)),
+            json!({"a": 1}),
+        ] {
+            let mut w = v.clone();
+            w["data"]["options"]["task_id"] = id;
+            assert!(matches!(
+                parse_frame(&w.to_string()),
+                Err(FrameError::InvalidData { .. })
+            ));
+        }
     }
 
     #[test]

@@ -355,9 +355,60 @@ async fn garbage_between_real_tasks_never_stalls_healthy_ones() {
     assert_eq!(h.stored().await.len(), ids.len());
     // Still the same connection: garbage costs no reconnect.
     let (_, metrics) = h.get("/metrics").await;
-    assert!(
-        !metrics.contains(r#"connect_ext_reconnects_total{channel="background"} 1"#),
-        "{metrics}"
-    );
+    let reconnects = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"connect_ext_reconnects_total{channel="background"} "#))
+        .map_or(0.0, |v| v.trim().parse::<f64>().unwrap());
+    assert_eq!(reconnects, 0.0, "{metrics}");
     h.shutdown().await;
+}
+
+/// Item 3: a local stop (SIGTERM) while saturated: the waiting task never started and is answered
+/// `retry` at once; the running one is answered `retry` at the grace deadline; close 1000.
+#[tokio::test]
+async fn a_local_stop_while_saturated_answers_the_waiting_tasks_retry() {
+    let h = Harness::start(
+        &[("CONNECT_MAX_IN_FLIGHT", "1"), ("SHUTDOWN_GRACE", "3")],
+        None,
+    )
+    .await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    let ids = objects(&h, "STOP", 2);
+    for id in &ids {
+        h.platform.hold(id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        bg.send(&background_task(&format!("TQ-STOP-{i}"), id));
+    }
+    h.platform.wait_object_gets(1).await;
+    h.stop.cancel();
+    let mut results = HashMap::new();
+    let mut shutdown_sent = false;
+    loop {
+        match bg.recv().await {
+            Frame::Json(v) if v["message_type"] == "shutdown" => shutdown_sent = true,
+            Frame::Json(v) => {
+                let id = v["data"]["options"]["task_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                assert!(results.insert(id, v).is_none(), "answered twice");
+            }
+            Frame::Close(Some(1000)) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(shutdown_sent);
+    let waiting = output(&results["TQ-STOP-1"]);
+    assert_eq!(waiting["result"], "retry");
+    assert!(
+        waiting["message"]
+            .as_str()
+            .unwrap()
+            .contains("never started"),
+        "{waiting}"
+    );
+    assert_eq!(output(&results["TQ-STOP-0"])["result"], "retry");
+    assert_eq!(h.platform.object_gets(), 1, "the waiting task was started");
+    let _ = tokio::time::timeout(Duration::from_secs(20), h.run).await;
 }

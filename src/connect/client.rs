@@ -755,6 +755,8 @@ impl Channel {
         // outbox. Only then does reading pause: the outbox is full only when the platform does
         // not take our frames, so it would not get our pongs either.
         let mut blocked: Option<OutFrame> = None;
+        // Busy answers are being given (logged once per episode).
+        let mut overflowing = false;
         let end = loop {
             while !waiting.is_empty() {
                 let Ok(p) = self.slots.clone().try_acquire_owned() else {
@@ -841,19 +843,31 @@ impl Channel {
                                     continue;
                                 }
                             }
-                            if let Err(task) = waiting.push(task, text.len()) {
+                            let pushed = waiting.push(task, text.len());
+                            if pushed.is_ok() {
+                                overflowing = false;
+                            }
+                            if let Err(task) = pushed {
                                 let out = tasks::retry(format!(
                                     "the extension is busy: {} tasks running and {} waiting (CONNECT_MAX_IN_FLIGHT); please redeliver task {}",
                                     self.in_flight(),
                                     waiting.len(),
                                     task.options.task_id
                                 ));
-                                tracing::warn!(
+                                // Once per episode at WARN (a burst must not flood the log).
+                                if !overflowing {
+                                    overflowing = true;
+                                    tracing::warn!(
+                                        channel = self.name(),
+                                        in_flight = self.in_flight(),
+                                        waiting = waiting.len(),
+                                        "every slot busy and the waiting queue full: new tasks are answered `retry` until there is room"
+                                    );
+                                }
+                                tracing::debug!(
                                     channel = self.name(),
                                     task_id = %escape_control(&task.options.task_id),
-                                    in_flight = self.in_flight(),
-                                    waiting = waiting.len(),
-                                    "every slot busy and the waiting queue full: task answered `retry`"
+                                    "task answered `retry`: busy"
                                 );
                                 let frame = self.result_frame(&task, out);
                                 blocked = self.answer_now(frame);

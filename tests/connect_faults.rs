@@ -457,7 +457,6 @@ async fn garbage_between_real_tasks_never_crashes_or_stalls_and_memory_stays_bou
 /// A frame above CONNECT_MAX_FRAME_BYTES is answered with close 1009 (message too big), as the
 /// runner does, and the channel reconnects and goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: waits for oversize frame close 1009 (item 7)"]
 async fn an_oversize_frame_is_closed_with_1009_then_the_channel_reconnects() {
     const MAX_FRAME: usize = 2 * 1024 * 1024;
     let mut rig = Rig::start(&[("CONNECT_MAX_FRAME_BYTES", &MAX_FRAME.to_string())]).await;
@@ -487,7 +486,6 @@ async fn an_oversize_frame_is_closed_with_1009_then_the_channel_reconnects() {
 /// 0.0) are handled; a task that still cannot be parsed but carries a `task_id` gets an
 /// explicit answer, never silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: waits for lenient output parsing (item 2)"]
 async fn tasks_with_odd_field_types_are_parsed_leniently_or_answered() {
     let mut rig = Rig::start(&[]).await;
     rig.platform
@@ -1126,7 +1124,6 @@ async fn apply_changes_mid_stream_loses_nothing() {
 /// answering pings (pongs keep coming) and stays connected; once the slow calls end, every task
 /// is answered `success` and stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: waits for saturation pongs (item 3)"]
 async fn a_saturated_channel_keeps_answering_pings() {
     let mut rig = Rig::start(&[
         ("CONNECT_MAX_IN_FLIGHT", "4"),

@@ -323,7 +323,7 @@ async fn a_stop_mid_burst_spends_no_count_on_tasks_that_never_get_their_object()
                     "{id} answered twice"
                 );
             }
-            Frame::Json(_) | Frame::Text(_) => {}
+            Frame::Json(_) | Frame::Text(_) | Frame::Pong => {}
             Frame::Close(_) | Frame::Gone => break,
         }
     }

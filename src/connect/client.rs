@@ -2,18 +2,35 @@
 //! send results, keep alive, reconnect forever, drain on shutdown.
 //!
 //! ```text
-//!   reader loop ──task──▶ tokio::spawn(tasks::run) ──result──▶ Outbox (bounded, survives reconnects)
-//!      ▲  permit (max_in_flight) acquired before each read                │
-//!      └──────────────────── websocket ◀── writer task (oldest first) ◀───┘
+//!   reader loop (always reading) ──task──▶ slot free? ──▶ tokio::spawn(tasks::run) ──result──┐
+//!      ▲                                       │ no                                          │
+//!      │                      waiting queue (≤ max(max_in_flight, 128) tasks, ≤ 32 MiB)       │
+//!      │                                       │ full: answered `retry` at once ─────────────┤
+//!      └──────────────────── websocket ◀── writer task (control first, then oldest) ◀ Outbox ┘
 //! ```
-//! * Every task runs in its own tokio task; reading pauses while `max_in_flight` tasks run
-//!   (back-pressure), never because of a fetch.
+//! * Every task runs in its own tokio task, at most `max_in_flight` at a time. The reader never
+//!   waits for a slot: so server pings are answered (tungstenite answers them only while the
+//!   stream is polled) and `shutdown` / `setup_response` are read while saturated. Tasks read
+//!   while every slot is busy wait in a bounded queue and start in arrival order as slots free;
+//!   a task beyond it is answered `retry` at once ("the extension is busy"), so the platform
+//!   redelivers it. Reading pauses only when such an immediate answer finds the outbox full —
+//!   that happens only when the platform does not take our frames, so it would not get pongs
+//!   either; the missing pong then does not count against the connection.
+//! * On `shutdown` (platform or local) the waiting tasks never started and are answered `retry`
+//!   at once; on a lost connection they are left to the platform's redelivery.
 //! * Results go out the moment they exist. A result that cannot be sent stays at the head of the
 //!   outbox and is sent first after the reconnect. The outbox holds at most `result_buffer`
 //!   results and `result_buffer_bytes` bytes (a single larger result passes alone); when full,
 //!   finished tasks wait (and hold their in-flight slot), so nothing is dropped.
 //! * A frame that is not JSON, not version 2, of unknown type, or invalid is logged (a scrubbed
 //!   200-byte excerpt, control characters escaped) and skipped; the next frame is read at once.
+//!   `shutdown` is honoured whatever its version; a v2 task that cannot be read but names its
+//!   task id is answered `fail` (see `protocol`).
+//! * A frame above `max_frame_bytes` is answered with close 1009 (message too big), a text frame
+//!   that is not UTF-8 with 1007, as the runner's websockets library does; the close frame is
+//!   flushed and the rest of the input read until the platform closes (bounded by the flush
+//!   timeout), then the channel reconnects after the usual pause.
+//! * The upgrade carries `Authorization` and a `User-Agent` naming this daemon and its version.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -67,6 +84,8 @@ pub struct ChannelOptions {
     /// `ws[s]://{SERVER_ADDRESS}/public/v1/devops/ws/{ENVIRONMENT_ID}/{INSTANCE_ID}`
     pub ws_base: String,
     pub api_key: Secret,
+    /// `User-Agent` of the websocket upgrade (the one the REST client sends).
+    pub user_agent: String,
     pub max_frame_bytes: usize,
     pub max_in_flight: usize,
     pub result_buffer: usize,
@@ -89,6 +108,9 @@ enum End {
     PlatformShutdown,
     LocalStop,
     Dropped(String),
+    /// We closed the connection (1009 message too big, 1007 not UTF-8); reconnect after flushing
+    /// the close frame.
+    Closed(String),
 }
 
 /// A result waiting to be sent.
@@ -115,29 +137,49 @@ impl Outbox {
     fn len(&self) -> usize {
         self.queue.lock().expect("outbox lock").len()
     }
-    /// Waits for room (back-pressure), then queues.
-    async fn push(&self, mut frame: OutFrame) {
-        let permit = self
+    /// Permits for one frame of `len` bytes. A result larger than the whole budget takes all of
+    /// it (it passes alone), never more.
+    fn bytes_needed(&self, len: usize) -> u32 {
+        len.clamp(1, self.bytes_cap).min(u32::MAX as usize) as u32
+    }
+    /// Waits for room for a frame of `len` bytes (cancel-safe).
+    async fn reserve(&self, len: usize) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let space = self
             .space
             .clone()
             .acquire_owned()
             .await
             .expect("never closed");
-        frame._space = Some(permit);
-        // A result larger than the whole budget takes all of it (it passes alone), never more.
-        let need = frame
-            .text
-            .len()
-            .clamp(1, self.bytes_cap)
-            .min(u32::MAX as usize) as u32;
         let bytes = self
             .bytes
             .clone()
-            .acquire_many_owned(need)
+            .acquire_many_owned(self.bytes_needed(len))
             .await
             .expect("never closed");
+        (space, bytes)
+    }
+    fn try_reserve(&self, len: usize) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let space = self.space.clone().try_acquire_owned().ok()?;
+        let bytes = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(self.bytes_needed(len))
+            .ok()?;
+        Some((space, bytes))
+    }
+    fn push_reserved(
+        &self,
+        mut frame: OutFrame,
+        (space, bytes): (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) {
+        frame._space = Some(space);
         frame._bytes = Some(bytes);
         self.push_now(frame);
+    }
+    /// Waits for room (back-pressure), then queues.
+    async fn push(&self, frame: OutFrame) {
+        let permits = self.reserve(frame.text.len()).await;
+        self.push_reserved(frame, permits);
     }
     /// Queues without waiting (shutdown answers).
     fn push_now(&self, frame: OutFrame) {
@@ -331,7 +373,7 @@ impl Channel {
                             self.status.set(false, "stopped");
                             return false;
                         }
-                        End::Dropped(reason) => {
+                        End::Dropped(reason) | End::Closed(reason) => {
                             self.status.set(false, &format!("disconnected: {reason}"));
                             self.shared
                                 .metrics
@@ -383,6 +425,13 @@ impl Channel {
         let mut request = url
             .into_client_request()
             .map_err(|e| format!("invalid websocket URL: {e}"))?;
+        request.headers_mut().insert(
+            "User-Agent",
+            self.opts
+                .user_agent
+                .parse()
+                .map_err(|_| "the User-Agent is not a valid header value".to_string())?,
+        );
         request.headers_mut().insert(
             "Authorization",
             self.opts
@@ -487,7 +536,7 @@ impl Channel {
             Ok(other) => Err(format!(
                 "expected setup_response as the first answer, got {}",
                 match other {
-                    Incoming::Task(_) => "a task",
+                    Incoming::Task(_) | Incoming::UnreadableTask(_) => "a task",
                     Incoming::Shutdown => "shutdown",
                     Incoming::SetupResponse(_) => unreachable!(),
                 }
@@ -518,7 +567,7 @@ impl Channel {
 
     /// Serves one set-up connection until it ends; then drains as the end requires.
     async fn serve(self: &Arc<Self>, ws: Ws, stop: &CancellationToken) -> End {
-        let (sink, stream) = ws.split();
+        let (sink, mut stream) = ws.split();
         let dead = CancellationToken::new();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<Message>();
         let writer = tokio::spawn(writer_loop(
@@ -528,11 +577,35 @@ impl Channel {
             dead.clone(),
             self.shared.metrics.clone(),
         ));
-        let end = self.read_loop(stream, stop, &dead, &ctl_tx).await;
+        let end = self.read_loop(&mut stream, stop, &dead, &ctl_tx).await;
         match &end {
             End::Dropped(_) => {
                 dead.cancel();
                 let _ = writer.await;
+            }
+            End::Closed(reason) => {
+                // The close frame is queued first on the control channel: let it go out, then
+                // read (and discard) what the platform still sends until it closes too, bounded
+                // by the flush timeout. Dropping a socket with unread data resets it, and the
+                // platform would never see the close code.
+                drop(ctl_tx);
+                let mut writer = writer;
+                let limit = self.opts.tuning.flush_timeout;
+                match tokio::time::timeout(limit, &mut writer).await {
+                    Ok(Ok(Some(sink))) => {
+                        if let Ok(mut ws) = stream.reunite(sink) {
+                            let _ =
+                                tokio::time::timeout(limit, discard_until_eof(ws.get_mut())).await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        dead.cancel();
+                        let _ = writer.await;
+                    }
+                }
+                dead.cancel();
+                return End::Dropped(reason.clone());
             }
             End::PlatformShutdown => {
                 self.drain(self.opts.platform_drain).await;
@@ -556,7 +629,7 @@ impl Channel {
     async fn finish_connection(
         &self,
         ctl_tx: mpsc::UnboundedSender<Message>,
-        writer: tokio::task::JoinHandle<()>,
+        writer: tokio::task::JoinHandle<Option<SplitSink<Ws, Message>>>,
         dead: CancellationToken,
     ) {
         let flush = async {
@@ -660,33 +733,52 @@ impl Channel {
 
     async fn read_loop(
         self: &Arc<Self>,
-        mut stream: SplitStream<Ws>,
+        stream: &mut SplitStream<Ws>,
         stop: &CancellationToken,
         dead: &CancellationToken,
         ctl_tx: &mpsc::UnboundedSender<Message>,
     ) -> End {
-        let mut permit: Option<OwnedSemaphorePermit> = None;
         let mut ping = tokio::time::interval_at(
             Instant::now() + self.opts.ping_interval,
             self.opts.ping_interval,
         );
         let mut awaiting_pong = false;
-        // Reading paused since the last ping (all slots busy): a missing pong proves nothing then.
+        // Reading paused since the last ping (no room for an answer): a missing pong proves
+        // nothing then.
         let mut paused = false;
-        loop {
-            if permit.is_none() {
-                match self.slots.clone().try_acquire_owned() {
-                    Ok(p) => permit = Some(p),
-                    Err(_) => paused = true,
-                }
+        // Tasks read while every slot is busy, oldest first; bounded by count and bytes.
+        let mut waiting = Waiting::new(
+            self.opts
+                .max_in_flight
+                .max(self.opts.tuning.waiting_tasks_floor)
+                .max(1),
+            self.opts.tuning.waiting_task_bytes,
+        );
+        // An answer given at once (busy `retry`, unreadable task `fail`) waiting for room in the
+        // outbox. Only then does reading pause: the outbox is full only when the platform does
+        // not take our frames, so it would not get our pongs either.
+        let mut blocked: Option<OutFrame> = None;
+        // Busy answers are being given (logged once per episode).
+        let mut overflowing = false;
+        let end = loop {
+            while !waiting.is_empty() {
+                let Ok(p) = self.slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let task = waiting.pop().expect("not empty");
+                self.spawn_task(*task, p);
             }
+            if blocked.is_some() {
+                paused = true;
+            }
+            let blocked_len = blocked.as_ref().map_or(0, |f| f.text.len());
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => return End::LocalStop,
-                _ = dead.cancelled() => return End::Dropped("sending failed".into()),
+                _ = stop.cancelled() => break End::LocalStop,
+                _ = dead.cancelled() => break End::Dropped("sending failed".into()),
                 _ = ping.tick() => {
                     if awaiting_pong && !paused {
-                        return End::Dropped(format!(
+                        break End::Dropped(format!(
                             "no pong within {} s (CONNECT_PING_INTERVAL)",
                             self.opts.ping_interval.as_secs()
                         ));
@@ -695,13 +787,35 @@ impl Channel {
                     awaiting_pong = true;
                     paused = false;
                 }
-                p = self.slots.clone().acquire_owned(), if permit.is_none() => {
-                    permit = p.ok();
+                p = self.slots.clone().acquire_owned(), if !waiting.is_empty() => {
+                    if let (Ok(p), Some(task)) = (p, waiting.pop()) {
+                        self.spawn_task(*task, p);
+                    }
                 }
-                msg = stream.next(), if permit.is_some() => {
+                permits = self.outbox.reserve(blocked_len), if blocked.is_some() => {
+                    let frame = blocked.take().expect("guarded by the select condition");
+                    self.outbox.push_reserved(frame, permits);
+                }
+                msg = stream.next(), if blocked.is_none() => {
                     let text = match msg {
-                        None => return End::Dropped("connection closed".into()),
-                        Some(Err(e)) => return End::Dropped(e.to_string()),
+                        None => break End::Dropped("connection closed".into()),
+                        Some(Err(tungstenite::Error::Capacity(e))) => {
+                            tracing::warn!(channel = self.name(), error = %e, limit = self.opts.max_frame_bytes, "frame above CONNECT_MAX_FRAME_BYTES: closing with 1009 (message too big) and reconnecting");
+                            let _ = ctl_tx.send(Message::Close(Some(CloseFrame {
+                                code: CloseCode::Size,
+                                reason: "message too big".into(),
+                            })));
+                            break End::Closed(format!("a frame above CONNECT_MAX_FRAME_BYTES ({e}); closed with 1009"));
+                        }
+                        Some(Err(tungstenite::Error::Utf8)) => {
+                            tracing::warn!(channel = self.name(), "text frame that is not UTF-8: closing with 1007 (invalid data) and reconnecting");
+                            let _ = ctl_tx.send(Message::Close(Some(CloseFrame {
+                                code: CloseCode::Invalid,
+                                reason: "invalid UTF-8".into(),
+                            })));
+                            break End::Closed("a text frame that is not UTF-8; closed with 1007".into());
+                        }
+                        Some(Err(e)) => break End::Dropped(e.to_string()),
                         Some(Ok(m)) => {
                             awaiting_pong = false;
                             match m {
@@ -714,8 +828,8 @@ impl Channel {
                                     }
                                 },
                                 Message::Close(c) => {
-                                    return End::Dropped(match c {
-                                        Some(c) => format!("the platform closed the connection ({} {})", u16::from(c.code), c.reason),
+                                    break End::Dropped(match c {
+                                        Some(c) => format!("the platform closed the connection ({} {})", u16::from(c.code), escape_control(&c.reason)),
                                         None => "the platform closed the connection".into(),
                                     })
                                 }
@@ -725,8 +839,76 @@ impl Channel {
                     };
                     match protocol::parse_frame(&text) {
                         Ok(Incoming::Task(task)) => {
-                            let p = permit.take().expect("guarded by the select condition");
-                            self.spawn_task(*task, p);
+                            self.count_received(&task.input.event_type, &tasks::category_label(&task));
+                            if waiting.is_empty() {
+                                if let Ok(p) = self.slots.clone().try_acquire_owned() {
+                                    self.spawn_task(*task, p);
+                                    continue;
+                                }
+                            }
+                            let pushed = waiting.push(task, text.len());
+                            if pushed.is_ok() {
+                                overflowing = false;
+                            }
+                            if let Err(task) = pushed {
+                                let out = tasks::retry(format!(
+                                    "the extension is busy: {} tasks running and {} waiting (CONNECT_MAX_IN_FLIGHT); please redeliver task {}",
+                                    self.in_flight(),
+                                    waiting.len(),
+                                    task.options.task_id
+                                ));
+                                // Once per episode at WARN (a burst must not flood the log).
+                                if !overflowing {
+                                    overflowing = true;
+                                    tracing::warn!(
+                                        channel = self.name(),
+                                        in_flight = self.in_flight(),
+                                        waiting = waiting.len(),
+                                        "every slot busy and the waiting queue full: new tasks are answered `retry` until there is room"
+                                    );
+                                }
+                                tracing::debug!(
+                                    channel = self.name(),
+                                    task_id = %escape_control(&task.options.task_id),
+                                    "task answered `retry`: busy"
+                                );
+                                let frame = self.result_frame(&task, out);
+                                blocked = self.answer_now(frame);
+                            }
+                        }
+                        Ok(Incoming::UnreadableTask(u)) => {
+                            let category = match u.task_category.as_str() {
+                                c @ ("background" | "interactive" | "scheduled") => c.to_string(),
+                                _ => "other".into(),
+                            };
+                            self.count_received(&u.event_type, &category);
+                            let reason = self.shared.scrubber.scrub(&u.reason);
+                            tracing::warn!(
+                                channel = self.name(),
+                                task_id = %escape_control(&u.task_id),
+                                error = %escape_control(&reason),
+                                frame = %self.shared.scrubber.excerpt(&text),
+                                "task frame skipped: it cannot be read; answered `fail`"
+                            );
+                            let out = TaskOutput {
+                                result: "fail".into(),
+                                data: None,
+                                countdown: 0,
+                                runtime: 0.0,
+                                message: Some(format!("the task frame could not be read: {reason}")),
+                            };
+                            let labels = ResultLabels {
+                                event_type: crate::telemetry::event_type_label_of(&u.event_type),
+                                category,
+                                result: out.result.clone(),
+                            };
+                            let frame = OutFrame {
+                                text: u.answer(&out).into(),
+                                labels: Some(labels),
+                                _space: None,
+                                _bytes: None,
+                            };
+                            blocked = self.answer_now(frame);
                         }
                         Ok(Incoming::SetupResponse(r)) => {
                             // Merge now (arrival order); a storage rebuild runs beside the
@@ -736,8 +918,8 @@ impl Channel {
                             tokio::spawn(async move { me.shared.live.activate(me.name(), merged).await });
                         }
                         Ok(Incoming::Shutdown) => {
-                            tracing::info!(channel = self.name(), in_flight = self.in_flight(), "the platform asked to shut down; draining in-flight tasks");
-                            return End::PlatformShutdown;
+                            tracing::info!(channel = self.name(), in_flight = self.in_flight(), waiting = waiting.len(), "the platform asked to shut down; draining in-flight tasks");
+                            break End::PlatformShutdown;
                         }
                         Err(e) => {
                             tracing::warn!(
@@ -750,20 +932,67 @@ impl Channel {
                     }
                 }
             }
+        };
+        // An answer already decided is kept (the outbox survives reconnects).
+        if let Some(frame) = blocked {
+            self.outbox.push_now(frame);
         }
+        if !waiting.is_empty() {
+            match end {
+                // Never started: answered `retry` at once so the platform can hand them on.
+                End::PlatformShutdown | End::LocalStop => {
+                    tracing::info!(
+                        channel = self.name(),
+                        tasks = waiting.len(),
+                        "shutting down: tasks that never started are answered `retry`"
+                    );
+                    while let Some(task) = waiting.pop() {
+                        let out = tasks::retry(format!(
+                            "the extension is shutting down and task {} never started; please redeliver",
+                            task.options.task_id
+                        ));
+                        self.outbox.push_now(self.result_frame(&task, out));
+                    }
+                }
+                // Never started and unanswered: the platform redelivers them after the reconnect.
+                End::Dropped(_) | End::Closed(_) => {
+                    tracing::warn!(
+                        channel = self.name(),
+                        tasks = waiting.len(),
+                        "connection lost: tasks that never started are left to the platform's redelivery"
+                    );
+                }
+            }
+        }
+        end
+    }
+
+    /// Queues an answer given without running a task, if the outbox has room; else hands it back
+    /// (reading then pauses until there is room).
+    fn answer_now(&self, frame: OutFrame) -> Option<OutFrame> {
+        match self.outbox.try_reserve(frame.text.len()) {
+            Some(permits) => {
+                self.outbox.push_reserved(frame, permits);
+                None
+            }
+            None => Some(frame),
+        }
+    }
+
+    fn count_received(&self, event_type: &str, category: &str) {
+        self.shared
+            .metrics
+            .tasks_received
+            .get_or_create(&TaskLabels {
+                event_type: crate::telemetry::event_type_label_of(event_type),
+                category: category.to_string(),
+            })
+            .inc();
     }
 
     fn spawn_task(self: &Arc<Self>, task: Task, permit: OwnedSemaphorePermit) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let task = Arc::new(task);
-        let metrics = &self.shared.metrics;
-        metrics
-            .tasks_received
-            .get_or_create(&TaskLabels {
-                event_type: crate::telemetry::event_type_label_of(&task.input.event_type),
-                category: tasks::category_label(&task),
-            })
-            .inc();
         self.in_flight_gauge.inc();
         tracing::debug!(
             channel = self.name(),
@@ -826,13 +1055,13 @@ async fn writer_loop(
     mut ctl: mpsc::UnboundedReceiver<Message>,
     dead: CancellationToken,
     metrics: Arc<Metrics>,
-) {
+) -> Option<SplitSink<Ws, Message>> {
     loop {
         tokio::select! {
             biased;
-            _ = dead.cancelled() => return,
+            _ = dead.cancelled() => return None,
             m = ctl.recv() => {
-                let Some(m) = m else { return };
+                let m = m?;
                 let closing = matches!(m, Message::Close(_));
                 let sent = tokio::select! {
                     r = sink.send(m) => r.is_ok(),
@@ -840,10 +1069,10 @@ async fn writer_loop(
                 };
                 if !sent {
                     dead.cancel();
-                    return;
+                    return None;
                 }
                 if closing {
-                    return;
+                    return Some(sink);
                 }
             }
             frame = outbox.pop() => {
@@ -858,9 +1087,62 @@ async fn writer_loop(
                 } else {
                     outbox.push_front(frame);
                     dead.cancel();
-                    return;
+                    return None;
                 }
             }
+        }
+    }
+}
+
+/// Tasks read while every slot is busy, oldest first: at most `cap` tasks and `cap_bytes` bytes
+/// of frames (one task is always admitted).
+struct Waiting {
+    queue: VecDeque<(Box<Task>, usize)>,
+    bytes: usize,
+    cap: usize,
+    cap_bytes: usize,
+}
+
+impl Waiting {
+    fn new(cap: usize, cap_bytes: usize) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            bytes: 0,
+            cap,
+            cap_bytes,
+        }
+    }
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+    /// Queues `task` (its frame was `bytes` long), or hands it back when full.
+    fn push(&mut self, task: Box<Task>, bytes: usize) -> Result<(), Box<Task>> {
+        let fits = self.queue.len() < self.cap
+            && (self.queue.is_empty() || self.bytes.saturating_add(bytes) <= self.cap_bytes);
+        if !fits {
+            return Err(task);
+        }
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.queue.push_back((task, bytes));
+        Ok(())
+    }
+    fn pop(&mut self) -> Option<Box<Task>> {
+        let (task, bytes) = self.queue.pop_front()?;
+        self.bytes -= bytes;
+        Some(task)
+    }
+}
+
+/// Reads and discards until the peer closes (callers bound it in time).
+async fn discard_until_eof(io: &mut MaybeTlsStream<TcpStream>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = io.read(&mut buf).await {
+        if n == 0 {
+            return;
         }
     }
 }

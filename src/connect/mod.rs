@@ -61,6 +61,12 @@ pub struct Tuning {
     /// HTTP(S)_PROXY / ALL_PROXY / NO_PROXY as these variables would answer (tests);
     /// `None`: the process environment.
     pub proxy_env: Option<std::collections::HashMap<String, String>>,
+    /// Bytes of task frames held waiting for a slot (beside at most CONNECT_MAX_IN_FLIGHT tasks);
+    /// a task beyond is answered `retry` at once. One task is always admitted.
+    pub waiting_task_bytes: usize,
+    /// Tasks that may wait for a slot: at least this many, however small CONNECT_MAX_IN_FLIGHT
+    /// is (default 128, the queue the runner's websockets library keeps before it stops reading).
+    pub waiting_tasks_floor: usize,
 }
 
 impl Default for Tuning {
@@ -77,6 +83,8 @@ impl Default for Tuning {
             storage_rebuild_timeout: Duration::from_secs(60),
             rest_max_body_bytes: 16 * 1024 * 1024,
             proxy_env: None,
+            waiting_task_bytes: 32 * 1024 * 1024,
+            waiting_tasks_floor: 128,
         }
     }
 }
@@ -304,13 +312,14 @@ impl ConnectService {
             None => proxy::Proxy::from_env(|k| std::env::var(k).ok()),
         }
         .map_err(ConnectError::Setup)?;
+        let agent = user_agent(&c.environment_id, &instance_id);
         let mut http = reqwest::Client::builder().no_proxy();
         if let Some(p) = &proxy {
             http = http.proxy(p.for_reqwest());
         }
         let http = http
             .use_preconfigured_tls((*tls).clone())
-            .user_agent(user_agent(&c.environment_id, &instance_id))
+            .user_agent(agent.clone())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(c.rest_concurrency)
@@ -394,6 +403,7 @@ impl ConnectService {
                         runner_type,
                         ws_base: ws_base.clone(),
                         api_key: c.api_key.clone(),
+                        user_agent: agent.clone(),
                         max_frame_bytes: c.max_frame_bytes,
                         max_in_flight: c.max_in_flight,
                         result_buffer: c.result_buffer,

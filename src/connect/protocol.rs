@@ -3,6 +3,20 @@
 //! Field order in every struct is the order the Python runner's pydantic models serialize in, and
 //! [`to_wire`] reproduces Python's `json.dumps` layout (`", "` / `": "` separators, ASCII-only
 //! output), so our frames are byte-for-byte the shape the platform already receives.
+//!
+//! What [`parse_frame`] makes of a frame, checked against eaas-core 37 `Message.deserialize` (a
+//! missing `version` means 1; version 2 goes through pydantic, anything else through the legacy
+//! branch) and the runner's `EventsWorker.process_message`:
+//!
+//! | frame | the runner | here |
+//! |---|---|---|
+//! | `shutdown`, any or no `version`, any `data` | v1/v2: shutdown; other versions: validation error, lost | [`Incoming::Shutdown`] |
+//! | v2 `task` | pydantic: `countdown` defaults to 0, `runtime: null` → 0.0, `Optional` fields may be absent, `str` takes numbers | [`Incoming::Task`], as lenient (an incoming `output` is never used: one that cannot be read even so is ignored) |
+//! | v2 `task` that cannot be read but names `options.task_id` | validation error: lost, never answered | [`Incoming::UnreadableTask`]: answered `fail` with the reason |
+//! | v2 `task` without a task id, v2 `setup_response` that cannot be read | validation error: lost | [`FrameError::InvalidData`]: logged, skipped |
+//! | v1 / missing-version `task` | the legacy flat layout; a v2-shaped task raises `KeyError`: lost | [`FrameError::WrongVersion`]: logged, skipped (never answered: we do not speak v1) |
+//! | v1 `configuration` (legacy setup_response) | translated | skipped: the platform answers our v2 `setup_request` with v2 |
+//! | other types or versions | ignored or a validation error | [`FrameError::UnknownType`] / [`FrameError::WrongVersion`]: skipped |
 
 use std::fmt;
 
@@ -183,51 +197,196 @@ impl fmt::Debug for WireSecret {
     }
 }
 
-/// `task.options` (§5.1). Field order as the runner's model.
+/// `task.options` (§5.1). Field order as the runner's model. String fields are read as pydantic
+/// v1 reads `str` (a number or a boolean becomes its text); every `Optional` field may be absent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskOptions {
+    #[serde(deserialize_with = "lenient::string")]
     pub task_id: String,
+    #[serde(deserialize_with = "lenient::string")]
     pub task_category: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::opt_string")]
     pub correlation_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::opt_string")]
     pub reply_to: Option<String>,
     #[serde(default)]
     pub api_key: Option<WireSecret>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::opt_string")]
     pub installation_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::opt_string")]
     pub connect_correlation_id: Option<String>,
 }
 
 /// `task.input`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskInput {
+    #[serde(deserialize_with = "lenient::string")]
     pub event_type: String,
+    #[serde(deserialize_with = "lenient::string")]
     pub object_id: String,
     #[serde(default)]
     pub data: Option<Value>,
 }
 
-/// `task.output` (§5.5).
+/// `task.output` (§5.5). Read as eaas-core reads it: `countdown` defaults to 0, `runtime` to 0.0
+/// (also when null), numbers may come as strings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskOutput {
+    #[serde(deserialize_with = "lenient::string")]
     pub result: String,
+    #[serde(default)]
     pub data: Option<Value>,
+    #[serde(default, deserialize_with = "lenient::count")]
     pub countdown: u64,
+    #[serde(default, deserialize_with = "lenient::seconds")]
     pub runtime: f64,
+    #[serde(default, deserialize_with = "lenient::opt_string")]
     pub message: Option<String>,
 }
 
 /// A task, in both directions: the platform sends it with `output: null`, the runner echoes it
-/// with `output` filled in.
+/// with `output` filled in. An incoming `output` is never used (the answer replaces it), so one
+/// that cannot be read even leniently is ignored rather than a reason to refuse the task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub options: TaskOptions,
     pub input: TaskInput,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::output")]
     pub output: Option<TaskOutput>,
     pub model_type: ModelType,
+}
+
+/// A `task` frame of version 2 that cannot be read, but names its `options.task_id`: it is
+/// answered `fail` (the frame is wrong, a redelivery would be the same), never left unanswered.
+/// Its `Debug` shows neither `options` nor `input` (an installation `api_key` may be in there).
+#[derive(Clone)]
+pub struct UnreadableTask {
+    pub task_id: String,
+    /// `input.event_type` when it is a string (metric label), else empty.
+    pub event_type: String,
+    /// `options.task_category` when it is a string (metric label), else empty.
+    pub task_category: String,
+    /// Why it cannot be read (serde's words, at most 300 characters).
+    pub reason: String,
+    options: Value,
+    input: Value,
+}
+
+impl fmt::Debug for UnreadableTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnreadableTask")
+            .field("task_id", &self.task_id)
+            .field("event_type", &self.event_type)
+            .field("task_category", &self.task_category)
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UnreadableTask {
+    /// The answer: `options` and `input` echoed as received, `output` set, `model_type` `task`.
+    pub fn answer(&self, output: &TaskOutput) -> String {
+        let mut data = Map::new();
+        data.insert("options".into(), self.options.clone());
+        data.insert("input".into(), self.input.clone());
+        data.insert(
+            "output".into(),
+            serde_json::to_value(output).expect("an output always serializes"),
+        );
+        data.insert("model_type".into(), Value::String("task".into()));
+        to_wire(&Envelope::new("task", Value::Object(data)))
+    }
+}
+
+/// Readers as lenient as pydantic v1 (eaas-core 37) for the fields of a task.
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    use super::TaskOutput;
+
+    /// pydantic v1 `str`: a string, or a number/boolean as its text.
+    pub(super) fn text_of(v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(true) => Some("True".into()),
+            Value::Bool(false) => Some("False".into()),
+            _ => None,
+        }
+    }
+
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let v = Value::deserialize(d)?;
+        text_of(&v)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a string, got {}", kind(&v))))
+    }
+
+    pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let v = Value::deserialize(d)?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        text_of(&v)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a string, got {}", kind(&v))))
+    }
+
+    /// pydantic v1 `int` with a default: null or absent → 0; floats truncate; numeric strings
+    /// parse; negative values clamp to 0 (the field is only ever echoed).
+    pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let v = Value::deserialize(d)?;
+        let n = match &v {
+            Value::Null => Some(0.0),
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse::<f64>().ok(),
+            Value::Bool(b) => Some(f64::from(u8::from(*b))),
+            _ => None,
+        };
+        match n {
+            Some(n) if n.is_finite() => Ok(n.max(0.0).min(u64::MAX as f64) as u64),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected a number, got {}",
+                kind(&v)
+            ))),
+        }
+    }
+
+    /// `runtime`: eaas-core turns null into 0.0; numbers may come as strings.
+    pub fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let v = Value::deserialize(d)?;
+        let n = match &v {
+            Value::Null => Some(0.0),
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse::<f64>().ok(),
+            Value::Bool(b) => Some(f64::from(u8::from(*b))),
+            _ => None,
+        };
+        match n {
+            Some(n) if n.is_finite() => Ok(n),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected a number, got {}",
+                kind(&v)
+            ))),
+        }
+    }
+
+    /// An incoming `output`: read leniently; one that cannot be read is ignored (never used).
+    pub fn output<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TaskOutput>, D::Error> {
+        let v = Value::deserialize(d)?;
+        Ok(serde_json::from_value(v).ok())
+    }
+
+    pub(super) fn kind(v: &Value) -> &'static str {
+        match v {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        }
+    }
 }
 
 /// The `model_type` discriminator; a task must carry `"task"`.
@@ -242,6 +401,8 @@ pub enum ModelType {
 pub enum Incoming {
     SetupResponse(Box<SetupResponse>),
     Task(Box<Task>),
+    /// A v2 `task` that cannot be read but names its task id: answer it `fail`.
+    UnreadableTask(Box<UnreadableTask>),
     Shutdown,
 }
 
@@ -263,7 +424,7 @@ pub enum FrameError {
     },
 }
 
-/// Parses one text frame.
+/// Parses one text frame. See the module docs for what each version and type does.
 pub fn parse_frame(text: &str) -> Result<Incoming, FrameError> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
@@ -273,6 +434,11 @@ pub fn parse_frame(text: &str) -> Result<Incoming, FrameError> {
     let Some(Value::String(message_type)) = obj.remove("message_type") else {
         return Err(FrameError::NotEnvelope);
     };
+    // The runner's parser defaults a missing `version` to 1 and turns a `shutdown` of version 1
+    // into a shutdown: a shutdown is honoured whatever its version and data.
+    if message_type == "shutdown" {
+        return Ok(Incoming::Shutdown);
+    }
     match obj.get("version") {
         Some(Value::Number(n)) if n.as_u64() == Some(VERSION) => {}
         None => return Err(FrameError::WrongVersion("1 (missing)".into())),
@@ -300,13 +466,43 @@ pub fn parse_frame(text: &str) -> Result<Incoming, FrameError> {
             Ok(Incoming::SetupResponse(Box::new(r)))
         }
         "task" => {
-            check_model_type(&data, "task")?;
-            let t: Task = serde_json::from_value(data).map_err(|e| invalid(e.to_string()))?;
-            Ok(Incoming::Task(Box::new(t)))
+            let parsed = check_model_type(&data, "task")
+                .and_then(|()| Task::deserialize(&data).map_err(|e| invalid(e.to_string())));
+            match parsed {
+                Ok(t) => Ok(Incoming::Task(Box::new(t))),
+                Err(e) => match unreadable(&data, &e) {
+                    Some(u) => Ok(Incoming::UnreadableTask(Box::new(u))),
+                    None => Err(e),
+                },
+            }
         }
-        "shutdown" => Ok(Incoming::Shutdown),
         other => Err(FrameError::UnknownType(other.to_string())),
     }
+}
+
+/// Longest task id answered for an unreadable task (a longer one is not an id the platform made).
+const MAX_TASK_ID: usize = 256;
+
+/// The parts of an unreadable task needed to answer it, when it names its task id.
+fn unreadable(data: &Value, error: &FrameError) -> Option<UnreadableTask> {
+    let options = data.get("options")?;
+    let task_id = lenient::text_of(options.get("task_id")?)?;
+    if task_id.is_empty() || task_id.len() > MAX_TASK_ID {
+        return None;
+    }
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+    let reason = match error {
+        FrameError::InvalidData { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    };
+    Some(UnreadableTask {
+        task_id,
+        event_type: text(data.get("input").and_then(|i| i.get("event_type"))),
+        task_category: text(options.get("task_category")),
+        reason: reason.chars().take(300).collect(),
+        options: options.clone(),
+        input: data.get("input").cloned().unwrap_or(Value::Null),
+    })
 }
 
 /// Serializes like Python's `json.dumps(obj)`: `", "` and `": "` separators, non-ASCII escaped.
@@ -439,14 +635,111 @@ mod tests {
             Err(FrameError::UnknownType(t)) if t == "bogus"
         ));
         let no_model = TASK.replace("\"model_type\": \"task\"", "\"x\": 1");
+        // It names its task id: answered `fail`, not skipped.
         assert!(matches!(
             parse_frame(&no_model),
-            Err(FrameError::InvalidData { .. })
+            Ok(Incoming::UnreadableTask(u)) if u.reason.contains("`model_type` is missing")
         ));
         assert!(matches!(
             parse_frame(r#"{"version":2,"message_type":"shutdown","data":null}"#),
             Ok(Incoming::Shutdown)
         ));
+    }
+
+    #[test]
+    fn shutdown_is_honoured_whatever_its_version() {
+        for frame in [
+            r#"{"message_type":"shutdown"}"#,
+            r#"{"version":1,"message_type":"shutdown","data":null}"#,
+            r#"{"version":3,"message_type":"shutdown"}"#,
+            r#"{"version":"2","message_type":"shutdown","data":{"x":1}}"#,
+        ] {
+            assert!(
+                matches!(parse_frame(frame), Ok(Incoming::Shutdown)),
+                "{frame}"
+            );
+        }
+        // Other v1 frames stay skipped.
+        assert!(matches!(
+            parse_frame(r#"{"version":1,"message_type":"configuration","data":{}}"#),
+            Err(FrameError::WrongVersion(_))
+        ));
+    }
+
+    #[test]
+    fn task_output_is_read_as_leniently_as_eaas_core() {
+        let with = |output: Value| {
+            let mut v: Value = serde_json::from_str(TASK).unwrap();
+            v["data"]["output"] = output;
+            match parse_frame(&v.to_string()).unwrap() {
+                Incoming::Task(t) => t.output,
+                other => panic!("{other:?}"),
+            }
+        };
+        let o = with(json!({"result": "retry", "runtime": null})).unwrap();
+        assert_eq!((o.countdown, o.runtime), (0, 0.0));
+        let o = with(json!({"result": 1, "countdown": "30", "runtime": "1.5"})).unwrap();
+        assert_eq!((o.result.as_str(), o.countdown, o.runtime), ("1", 30, 1.5));
+        let o = with(json!({"result": "x", "countdown": -3, "runtime": 2})).unwrap();
+        assert_eq!((o.countdown, o.runtime), (0, 2.0));
+        // Unreadable even so: ignored (the answer replaces it), the task is still a task.
+        assert_eq!(with(json!({"countdown": [1]})), None);
+        assert_eq!(with(json!("nonsense")), None);
+    }
+
+    #[test]
+    fn numbers_are_read_as_strings_like_pydantic() {
+        let mut v: Value = serde_json::from_str(TASK).unwrap();
+        v["data"]["options"]["task_id"] = json!(123);
+        v["data"]["options"]["correlation_id"] = json!(true);
+        let Incoming::Task(t) = parse_frame(&v.to_string()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.options.task_id, "123");
+        assert_eq!(t.options.correlation_id.as_deref(), Some("True"));
+    }
+
+    #[test]
+    fn an_unreadable_task_with_an_id_can_be_answered() {
+        let mut v: Value = serde_json::from_str(TASK).unwrap();
+        v["data"]["input"]["object_id"] = json!({"$gt": ""});
+        v["data"]["options"]["api_key"] = json!("ApiKey SU-9:inst-secret");
+        v["data"]["extra"] = json!("not echoed");
+        let Incoming::UnreadableTask(u) = parse_frame(&v.to_string()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(u.task_id, "TQ-000042-9a1c");
+        assert!(u.reason.contains("expected a string"), "{}", u.reason);
+        assert!(!format!("{u:?}").contains("inst-secret"));
+        let answer: Value = serde_json::from_str(&u.answer(&TaskOutput {
+            result: "fail".into(),
+            data: None,
+            countdown: 0,
+            runtime: 0.0,
+            message: Some("m".into()),
+        }))
+        .unwrap();
+        assert_eq!(answer["version"], 2);
+        assert_eq!(answer["message_type"], "task");
+        assert_eq!(answer["data"]["options"], v["data"]["options"]);
+        assert_eq!(answer["data"]["input"], v["data"]["input"]);
+        assert_eq!(answer["data"]["output"]["result"], "fail");
+        assert_eq!(answer["data"]["model_type"], "task");
+        assert!(answer["data"].get("extra").is_none());
+        // Without a task id (or with an absurd one) there is nothing to answer.
+        for id in [
+            Value::Null,
+            json!(""),
+            json!("x".repeat(300)),
+            json!({"a": 1}),
+        ] {
+            let mut w = v.clone();
+            w["data"]["options"]["task_id"] = id;
+            assert!(matches!(
+                parse_frame(&w.to_string()),
+                Err(FrameError::InvalidData { .. })
+            ));
+        }
     }
 
     #[test]

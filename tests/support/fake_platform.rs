@@ -162,6 +162,8 @@ pub enum Frame {
     Text(String),
     Close(Option<u16>),
     Gone,
+    /// A pong (only after the test pinged; see the chan knobs at the end).
+    Pong,
 }
 
 enum Cmd {
@@ -180,6 +182,8 @@ enum Cmd {
     Reset,
     /// Write the first half of a text frame with this payload, then reset the connection.
     DropMidFrame(String),
+    /// Any websocket message, as is (chan knobs at the end).
+    Raw(Message),
 }
 
 /// One set-up connection, handed to the test after the handshake.
@@ -589,7 +593,7 @@ impl Ledger {
                 Some(Frame::Json(v)) => {
                     self.record(&v);
                 }
-                Some(Frame::Text(_)) => {}
+                Some(Frame::Text(_)) | Some(Frame::Pong) => {}
                 Some(Frame::Close(_)) | Some(Frame::Gone) => {
                     self.reconnect(platform, conn, reconnect_limit).await;
                 }
@@ -713,6 +717,12 @@ async fn serve_ws(
                         return Ok(());
                     }
                 }
+                Some(Cmd::Raw(m)) => {
+                    if ws.send(m).await.is_err() {
+                        let _ = frame_tx.send(Frame::Gone);
+                        return Ok(());
+                    }
+                }
                 Some(Cmd::SendRawText(b)) => {
                     let frame = WsFrame::message(b, OpCode::Data(Data::Text), true);
                     if ws.send(Message::Frame(frame)).await.is_err() {
@@ -753,6 +763,7 @@ async fn serve_ws(
                 }
                 Some(Ok(Message::Pong(_))) => {
                     pongs.fetch_add(1, Ordering::SeqCst);
+                    let _ = frame_tx.send(Frame::Pong);
                 }
                 Some(Ok(Message::Close(c))) => {
                     let _ = frame_tx.send(Frame::Close(c.map(|c| u16::from(c.code))));
@@ -1137,5 +1148,59 @@ async fn rest_fault(st: &Arc<PlatformState>, path: &str, query: &str) -> Option<
                     .unwrap(),
             )
         }
+    }
+}
+
+// ---- chan knobs ----
+// Raw websocket messages from the platform (binary, pings, text frames that are not UTF-8) and
+// the answers to pings (`Frame::Pong`), for tests/connect_fidelity.rs.
+
+impl Conn {
+    /// Sends any websocket message as is.
+    pub fn send_message(&self, m: Message) {
+        let _ = self.tx.send(Cmd::Raw(m));
+    }
+    /// A *text* frame whose payload is not valid UTF-8 (bypasses the sender's check).
+    pub fn send_invalid_utf8_text(&self, bytes: Vec<u8>) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+        self.send_message(Message::Frame(WsFrame::message(
+            bytes,
+            OpCode::Data(Data::Text),
+            true,
+        )));
+    }
+    /// The next frame that is not a pong, counting the pongs skipped into `pongs`.
+    pub async fn recv_counting_pongs(&mut self, pongs: &mut usize) -> Frame {
+        loop {
+            match self.recv().await {
+                Frame::Pong => *pongs += 1,
+                other => return other,
+            }
+        }
+    }
+    /// Collects `n` task results (keyed by task id; panics on a duplicate), skipping pongs.
+    pub async fn results_skipping_pongs(&mut self, n: usize) -> HashMap<String, Value> {
+        let mut out = HashMap::new();
+        let mut pongs = 0;
+        while out.len() < n {
+            let v = match self.recv_counting_pongs(&mut pongs).await {
+                Frame::Json(v) => v,
+                other => panic!(
+                    "expected a task result, got {other:?} ({} of {n} so far)",
+                    out.len()
+                ),
+            };
+            assert_eq!(v["message_type"], "task", "{v}");
+            let id = v["data"]["options"]["task_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                out.insert(id.clone(), v).is_none(),
+                "task {id} answered twice"
+            );
+        }
+        out
     }
 }

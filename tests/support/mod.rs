@@ -62,6 +62,8 @@ pub fn fast_tuning() -> Tuning {
         rest_retry_delay: Duration::from_millis(20),
         storage_rebuild_timeout: Duration::from_secs(2),
         rest_max_body_bytes: 256 * 1024,
+        // The waiting queue is CONNECT_MAX_IN_FLIGHT tasks exactly, so small overflows are testable.
+        waiting_tasks_floor: 0,
         ..Tuning::default()
     }
 }

@@ -321,6 +321,11 @@ async fn logs_reach_the_log_service_with_the_runners_meta_and_never_a_secret() {
         );
     }
     assert!(stderr.contains("platform logging on"), "{stderr}");
+    // What was logged while stopping still reached the log service.
+    assert!(
+        listener.lines().iter().any(|l| l["message"] == "stopped"),
+        "the last records were not shipped at exit"
+    );
 }
 
 /// A log service that accepts requests and never answers: every task is still answered (no
@@ -411,6 +416,22 @@ async fn a_changed_log_level_in_a_later_setup_response_is_applied() {
             l["message"] == "event handled" && l["object_id"] == "PR-LVL-2"
         })
         .await;
+    let handled: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "event handled")
+        .collect();
+    assert!(
+        handled.iter().all(|l| l["object_id"] == "PR-LVL-2"),
+        "a DEBUG record from before the change was shipped: {handled:?}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["message"] == "Extension configuration has been updated.")
+            .count(),
+        2,
+        "an INFO record was shipped at runner_log_level WARNING"
+    );
     let after = &lines[before.len()..];
     assert!(
         !after.iter().any(|l| {

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`layer`] | a tracing layer, installed once by [`super::init`]: formats nothing, copies the event into a bounded queue (`try_send`; when full the record is dropped and counted) |
 //! | [`configure`] | called by `connect::live` on every merged `setup_response` with a key: sets the destination, meta fields and levels, starts the sender task once |
+//! | [`shutdown`] | at exit: the queued records are sent (bounded wait), then the sender stops |
 //! | the sender task | batches (at most [`BATCH_MAX_LINES`] lines, [`BATCH_MAX_BYTES`] bytes, or the flush interval after the first line), scrubs, POSTs newline-delimited JSON to `{url}/?token={key}&type=python`; a bounded timeout per request, [`RETRIES`] retries with backoff, then the batch is dropped and counted |
 //!
 //! **Never blocks.** A task that logs only ever does a `try_send` on a bounded channel; a slow,
@@ -252,6 +253,23 @@ pub fn configure(destination: Destination) {
             runner_log_level = %destination.runner_level,
             "platform log levels applied to the shipped logs"
         );
+    }
+}
+
+/// At exit: stops taking records, sends what is queued (waiting at most `limit`), stops the sender
+/// — as the runner's sender drains its queue once more when the main thread ends. A no-op when
+/// shipping never started.
+pub async fn shutdown(limit: Duration) {
+    let g = global();
+    let task = g.task.lock().expect("ship lock").take();
+    *g.tx.write().expect("ship lock") = None;
+    if let Some(task) = task {
+        if tokio::time::timeout(limit, task).await.is_err() {
+            tracing::warn!(
+                limit_secs = limit.as_secs_f64(),
+                "platform logging: the last records could not be sent in time; dropped"
+            );
+        }
     }
 }
 

@@ -36,6 +36,7 @@
 //! (`api_address`, `service_id`, `environment_id`, `environment_type`, `instance_id`,
 //! `account_id`, `account_name`, `repository_tag`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -70,7 +71,12 @@ pub const BATCH_MAX_BYTES: usize = 1024 * 1024;
 /// Retries of a failed POST (network error, timeout, 5xx, 429); 400/401/403 are not retried.
 pub const RETRIES: u32 = 3;
 /// Longest string kept from an event (before scrubbing) and shipped (after).
-const COLLECT_MAX_BYTES: usize = 64 * 1024;
+const COLLECT_MAX_BYTES: usize = 16 * 1024;
+/// Most bytes of strings kept from one event (further fields are left out).
+const RECORD_MAX_BYTES: usize = 64 * 1024;
+/// Most bytes of records waiting in the queue (besides `CONNECT_LOG_SHIP_QUEUE` records); more are
+/// dropped and counted, so a burst of large records cannot grow memory without bound.
+pub const QUEUE_MAX_BYTES: usize = 32 * 1024 * 1024;
 const SHIP_MAX_BYTES: usize = 8 * 1024;
 /// Most fields kept from one event.
 const MAX_FIELDS: usize = 32;
@@ -150,6 +156,8 @@ struct Record {
     line: Option<u32>,
     message: String,
     fields: Vec<(&'static str, Value)>,
+    /// Bytes of its strings (counted against [`QUEUE_MAX_BYTES`] while queued).
+    size: usize,
 }
 
 struct Global {
@@ -157,6 +165,7 @@ struct Global {
     destination: Mutex<Option<Arc<Destination>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     reload: OnceLock<Box<dyn Fn(Targets) + Send + Sync>>,
+    queued_bytes: AtomicUsize,
     dropped: Counter,
     shipped: Counter,
 }
@@ -168,6 +177,7 @@ fn global() -> &'static Global {
         destination: Mutex::new(None),
         task: Mutex::new(None),
         reload: OnceLock::new(),
+        queued_bytes: AtomicUsize::new(0),
         dropped: Counter::default(),
         shipped: Counter::default(),
     })
@@ -233,6 +243,7 @@ pub fn configure(destination: Destination) {
         let mut task = g.task.lock().expect("ship lock");
         if task.as_ref().is_none_or(|t| t.is_finished()) {
             let (tx, rx) = mpsc::channel(destination.options.queue.max(1));
+            g.queued_bytes.store(0, Ordering::Relaxed);
             *g.tx.write().expect("ship lock") = Some(tx);
             *task = Some(tokio::spawn(sender(rx, destination.options.flush)));
             tracing::info!(
@@ -283,6 +294,12 @@ impl<S: Subscriber> Layer<S> for ShipLayer {
         let meta = event.metadata();
         let mut visitor = Collect::default();
         event.record(&mut visitor);
+        let size = visitor.bytes;
+        if g.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > QUEUE_MAX_BYTES {
+            g.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            g.dropped.inc();
+            return;
+        }
         let record = Record {
             at: time::OffsetDateTime::now_utc(),
             level: *meta.level(),
@@ -291,8 +308,10 @@ impl<S: Subscriber> Layer<S> for ShipLayer {
             line: meta.line(),
             message: visitor.message,
             fields: visitor.fields,
+            size,
         };
         if tx.try_send(record).is_err() {
+            g.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             g.dropped.inc();
         }
     }
@@ -302,6 +321,7 @@ impl<S: Subscriber> Layer<S> for ShipLayer {
 struct Collect {
     message: String,
     fields: Vec<(&'static str, Value)>,
+    bytes: usize,
 }
 
 fn cut(s: String, max: usize) -> String {
@@ -314,8 +334,19 @@ fn cut(s: String, max: usize) -> String {
 
 impl Collect {
     fn push(&mut self, field: &Field, value: Value) {
-        if self.fields.len() < MAX_FIELDS {
+        let len = value.as_str().map_or(8, str::len);
+        if self.fields.len() < MAX_FIELDS && self.bytes + len <= RECORD_MAX_BYTES {
+            self.bytes += len;
             self.fields.push((field.name(), value));
+        }
+    }
+
+    fn string(&mut self, field: &Field, s: String) {
+        if field.name() == "message" {
+            self.bytes += s.len();
+            self.message = s;
+        } else {
+            self.push(field, Value::String(s));
         }
     }
 }
@@ -327,19 +358,11 @@ impl Visit for Collect {
         } else {
             value.to_string()
         };
-        if field.name() == "message" {
-            self.message = s;
-        } else {
-            self.push(field, Value::String(s));
-        }
+        self.string(field, s);
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         let s = cut(format!("{value:?}"), COLLECT_MAX_BYTES);
-        if field.name() == "message" {
-            self.message = s;
-        } else {
-            self.push(field, Value::String(s));
-        }
+        self.string(field, s);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.push(field, Value::from(value));
@@ -407,6 +430,7 @@ fn python_level(level: &Level) -> &'static str {
 
 /// One NDJSON line: the runner's fields, the event's, the meta fields; scrubbed.
 fn format_line(r: Record, d: &Destination) -> String {
+    global().queued_bytes.fetch_sub(r.size, Ordering::Relaxed);
     let mut line = Map::new();
     let ts =
         r.at.format(&time::format_description::well_known::Rfc3339)
@@ -455,10 +479,12 @@ fn current_destination() -> Option<Arc<Destination>> {
 
 /// The sender task: batches and posts until every sender is gone.
 async fn sender(mut rx: mpsc::Receiver<Record>, flush: Duration) {
-    let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-    {
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+    // The channel's trust roots (system bundle plus SSL_CERT_FILE / SSL_CERT_DIR).
+    if let Ok(tls) = crate::connect::tls_config() {
+        builder = builder.use_preconfigured_tls((*tls).clone());
+    }
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "platform logging off: cannot build its HTTP client");
@@ -469,6 +495,9 @@ async fn sender(mut rx: mpsc::Receiver<Record>, flush: Duration) {
     let mut failing = false;
     while let Some(first) = rx.recv().await {
         let Some(dest) = current_destination() else {
+            global()
+                .queued_bytes
+                .fetch_sub(first.size, Ordering::Relaxed);
             continue;
         };
         let deadline = tokio::time::Instant::now() + flush;
@@ -562,6 +591,7 @@ async fn post(client: &reqwest::Client, d: &Destination, body: String) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
 
     fn dest(scrubber: Arc<Scrubber>) -> Destination {
         let mut meta = Map::new();
@@ -599,6 +629,7 @@ mod tests {
                 ("n", Value::from(3)),
                 ("excerpt", Value::from("a\"pw-KNOWN-SECRET\"b")),
             ],
+            size: 0,
         };
         let line = format_line(r, &d);
         assert!(!line.contains("SECRET"), "{line}");
@@ -612,6 +643,30 @@ mod tests {
         assert_eq!(v["service_id"], "SRVC-1");
         assert_eq!(v["line_number"], 7);
         assert!(v["@timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn a_record_is_bounded_in_size() {
+        let subscriber = tracing_subscriber::registry().with(Probe::default());
+        let probe = subscriber.downcast_ref::<Probe>().unwrap().0.clone();
+        tracing::subscriber::with_default(subscriber, || {
+            let big = "x".repeat(1024 * 1024);
+            tracing::info!(a = %big, b = %big, c = %big, d = %big, e = %big, "{big}");
+        });
+        let (bytes, fields) = *probe.lock().unwrap();
+        assert!(bytes <= RECORD_MAX_BYTES + 4 * COLLECT_MAX_BYTES, "{bytes}");
+        assert!(fields < 5, "{fields}");
+    }
+
+    /// Records what [`Collect`] kept of each event: (bytes, fields).
+    #[derive(Default)]
+    struct Probe(Arc<Mutex<(usize, usize)>>);
+    impl<S: Subscriber> Layer<S> for Probe {
+        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+            let mut c = Collect::default();
+            event.record(&mut c);
+            *self.0.lock().unwrap() = (c.bytes, c.fields.len());
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! | part | what |
 //! |---|---|
-//! | [`layer`] | a tracing layer, installed once by [`super::init`]: formats nothing, copies the event into a bounded queue (`try_send`; when full the record is dropped and counted) |
+//! | [`layer`] | a tracing layer, installed once by [`super::init`]: formats nothing, copies the event into a queue bounded in records and [`QUEUE_MAX_BYTES`] (`try_send`; when full the record is dropped and counted) |
 //! | [`configure`] | called by `connect::live` on every merged `setup_response` with a key: sets the destination, meta fields and levels, starts the sender task once |
 //! | [`shutdown`] | at exit: the queued records are sent (bounded wait), then the sender stops |
 //! | the sender task | batches (at most [`BATCH_MAX_LINES`] lines, [`BATCH_MAX_BYTES`] bytes, or the flush interval after the first line), scrubs, POSTs newline-delimited JSON to `{url}/?token={key}&type=python`; a bounded timeout per request, [`RETRIES`] retries with backoff, then the batch is dropped and counted |

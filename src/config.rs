@@ -119,6 +119,14 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("EXTENSION_README_URL", "connect.readme_url"),
     var("EXTENSION_CHANGELOG_URL", "connect.changelog_url"),
     var("LOG_FORMAT", "telemetry.log_format"),
+    var("CONNECT_LOG_SHIP", "telemetry.log_ship"),
+    var("CONNECT_LOG_SHIP_URL", "telemetry.log_ship_url"),
+    var("CONNECT_LOG_SHIP_QUEUE", "telemetry.log_ship_queue"),
+    var("CONNECT_LOG_SHIP_FLUSH_MS", "telemetry.log_ship_flush_ms"),
+    var(
+        "CONNECT_LOG_SHIP_TIMEOUT_MS",
+        "telemetry.log_ship_timeout_ms",
+    ),
     var("SHUTDOWN_GRACE", "shutdown.grace"),
 ];
 
@@ -570,6 +578,14 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TelemetrySettings {
     pub log_format: LogFormat,
+    /// Ship logs to the platform's log service when a `setup_response` carries a key.
+    pub log_ship: bool,
+    /// The log service's listener (base URL; the key goes into its query).
+    #[serde(serialize_with = "serialize_url")]
+    pub log_ship_url: String,
+    pub log_ship_queue: usize,
+    pub log_ship_flush_ms: u64,
+    pub log_ship_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -1039,6 +1055,27 @@ impl Settings {
                 1024,
                 16 * 1024 * MIB,
                 "bytes",
+            ),
+            Bound::new(
+                "telemetry.log_ship_queue",
+                n(self.telemetry.log_ship_queue),
+                1,
+                1_000_000,
+                "records",
+            ),
+            Bound::new(
+                "telemetry.log_ship_flush_ms",
+                self.telemetry.log_ship_flush_ms,
+                10,
+                600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "telemetry.log_ship_timeout_ms",
+                self.telemetry.log_ship_timeout_ms,
+                100,
+                600_000,
+                "milliseconds",
             ),
             Bound::new("shutdown.grace", self.shutdown.grace, 0, 3_600, "seconds"),
         ]

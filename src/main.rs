@@ -78,13 +78,16 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                match app.run(shutdown::on_signal()).await {
+                let code = match app.run(shutdown::on_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         tracing::error!(error = %e, "stopped with an error");
                         ExitCode::FAILURE
                     }
-                }
+                };
+                // The last records (the drain, "stopped") still reach the platform's log service.
+                telemetry::ship::shutdown(std::time::Duration::from_secs(2)).await;
+                code
             })
         }
         Command::CheckConfig => {

@@ -9,6 +9,10 @@
 //! record is written only when both `RUST_LOG` and the cap let it through, so no directive (not
 //! even one more specific than the cap's, such as `tungstenite::protocol=trace`) can lift it.
 //!
+//! Platform logging ([`ship`]): a second layer ships this crate's records to the platform's log
+//! service once a `setup_response` carries a `logging_api_key`, at the platform's levels, without
+//! ever blocking the logging task; the stderr layer above is unaffected.
+//!
 //! Metric labels come only from known values ([`event_type_label`], [`status_label`]): a value
 //! from outside (an HTTP body, a frame) never becomes a label, so it can neither forge an
 //! exposition line nor grow the number of series.
@@ -32,6 +36,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 use crate::events::{Event, EventType, Outcome, Status};
+
+pub mod ship;
 
 /// Log targets (and everything below them) that print requests, frames or commands whole at
 /// `debug`/`trace`; they are never logged above [`TRAFFIC_CAP`].
@@ -89,15 +95,20 @@ where
     }
 }
 
-/// Installs the global subscriber (once per process; later calls are no-ops).
+/// Installs the global subscriber (once per process; later calls are no-ops): the stderr log
+/// layer and the platform log shipper ([`ship::layer`], shipping nothing until configured).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let verbose = filter
         .max_level_hint()
         .is_some_and(|level| level > TRAFFIC_CAP);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layers = vec![
+        log_layer(format, std::io::stderr, ansi, filter),
+        ship::layer(),
+    ];
     let installed = tracing_subscriber::registry()
-        .with(log_layer(format, std::io::stderr, ansi, filter))
+        .with(layers)
         .try_init()
         .is_ok();
     if installed && verbose {
@@ -298,6 +309,17 @@ impl Metrics {
             "results_pending",
             "Task results waiting to be sent (e.g. while disconnected)",
             m.results_pending.clone(),
+        );
+        // Process-wide (the shipper is one per process), shown by every registry.
+        registry.register(
+            "log_records_dropped",
+            "Log records not shipped to the platform's log service (queue full or delivery failed)",
+            ship::dropped_counter(),
+        );
+        registry.register(
+            "log_records_shipped",
+            "Log records delivered to the platform's log service",
+            ship::shipped_counter(),
         );
         Metrics { registry, ..m }
     }

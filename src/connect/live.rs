@@ -14,6 +14,12 @@
 //! `RESCHEDULE_COUNTDOWN` — is refused with a WARN naming the variable (never its value), so the
 //! platform can never switch storage off or to the discard backend. Empty values do not override.
 //!
+//! **Platform logging.** When the merged configuration carries a `logging_api_key` (and
+//! `CONNECT_LOG_SHIP` is not `false`), [`LiveConfig::activate`] starts or retargets the log shipper
+//! ([`crate::telemetry::ship`]) with the key, the runner's metadata fields and the `log_level` /
+//! `runner_log_level` levels (default `INFO`; an unknown level name is refused with a WARN and the
+//! previous one kept). The key is remembered by the scrubber before anything is shipped.
+//!
 //! When a setting of a *selected* backend changes, the backends are rebuilt (bounded by
 //! [`super::Tuning::storage_rebuild_timeout`]) and swapped in ([`SharedStorage::replace`]); saves
 //! already running finish on the old backend, which is closed once the last of them lets go of it.
@@ -28,6 +34,8 @@ use super::protocol::{LoggingMeta, SetupResponse, Variable, VariableDecl};
 use super::redact::Scrubber;
 use crate::config::{BackendKind, DataApiSettings, DriverSettings, Secret, Settings, ENV_VARS};
 use crate::storage::SharedStorage;
+use crate::telemetry::ship;
+use tracing_subscriber::filter::LevelFilter;
 
 /// The initial value declared for a secure variable: never the local secret (the platform would
 /// store it and show it to every portal user). Empty, so that it never overrides the local value
@@ -273,6 +281,10 @@ pub struct LiveConfig {
     refused_warned: Mutex<std::collections::HashSet<(String, u64)>>,
     /// Longest wait for a rebuild (connect + start-up check of the new backends).
     rebuild_timeout: Duration,
+    /// The instance id the channels use (`INSTANCE_ID` or the derived one), for the log meta.
+    instance_id: std::sync::OnceLock<String>,
+    /// The platform log levels in force (extension, daemon), kept when a response omits one.
+    log_levels: Mutex<(LevelFilter, LevelFilter)>,
 }
 
 impl LiveConfig {
@@ -294,7 +306,15 @@ impl LiveConfig {
             applied,
             refused_warned: Mutex::new(Default::default()),
             rebuild_timeout,
+            instance_id: std::sync::OnceLock::new(),
+            log_levels: Mutex::new((LevelFilter::INFO, LevelFilter::INFO)),
         }
+    }
+
+    /// The instance id the channels connect with (shipped as the `instance_id` log field).
+    /// Set once, by the service that derived it; later calls are ignored.
+    pub fn set_instance_id(&self, instance_id: &str) {
+        let _ = self.instance_id.set(instance_id.to_string());
     }
 
     pub fn snapshot(&self) -> Merged {
@@ -375,15 +395,80 @@ impl LiveConfig {
         merged
     }
 
-    /// The asynchronous half: rebuild storage if needed, then log the update.
+    /// The asynchronous half: rebuild storage if needed, start or retarget platform logging,
+    /// then log the update.
     pub async fn activate(&self, channel: &str, merged: Merged) {
         self.apply_storage().await;
+        self.apply_logging(&merged);
         tracing::info!(
             channel,
             environment_type = merged.environment_type.as_deref().unwrap_or(""),
             service_id = merged.meta.service_id.as_deref().unwrap_or(""),
             "Extension configuration has been updated."
         );
+    }
+
+    /// Platform logging from the merged configuration (module docs).
+    fn apply_logging(&self, merged: &Merged) {
+        let t = &self.base.telemetry;
+        let Some(token) = merged
+            .logging_api_key
+            .as_deref()
+            .filter(|k| !k.is_empty() && t.log_ship)
+        else {
+            return;
+        };
+        let (extension_level, runner_level) = {
+            let mut guard = self.log_levels.lock().expect("log levels lock");
+            let levels = &mut *guard;
+            for (name, value, slot) in [
+                ("log_level", &merged.log_level, &mut levels.0),
+                ("runner_log_level", &merged.runner_log_level, &mut levels.1),
+            ] {
+                let Some(value) = value.as_deref().filter(|v| !v.is_empty()) else {
+                    continue;
+                };
+                match ship::parse_level(value) {
+                    Some(level) => *slot = level,
+                    None => tracing::warn!(
+                        setting = name,
+                        value = %crate::sanitize::escaped_excerpt(value, 40),
+                        "unknown platform log level (accepted: DEBUG, INFO, WARNING, ERROR, CRITICAL); the previous one is kept"
+                    ),
+                }
+            }
+            *levels
+        };
+        let c = &self.base.connect;
+        let instance_id = self
+            .instance_id
+            .get()
+            .cloned()
+            .unwrap_or_else(|| c.instance_id.clone());
+        let text = |v: &Option<String>| v.clone().map_or(serde_json::Value::Null, Into::into);
+        let mut meta = serde_json::Map::new();
+        meta.insert("api_address".into(), c.api_address.clone().into());
+        meta.insert("service_id".into(), text(&merged.meta.service_id));
+        meta.insert("environment_id".into(), c.environment_id.clone().into());
+        meta.insert("environment_type".into(), text(&merged.environment_type));
+        meta.insert("instance_id".into(), instance_id.into());
+        meta.insert("account_id".into(), text(&merged.meta.account_id));
+        meta.insert("account_name".into(), text(&merged.meta.account_name));
+        meta.insert("repository_tag".into(), text(&merged.meta.repository_tag));
+        self.scrubber.add(token);
+        ship::configure(ship::Destination {
+            options: ship::ShipOptions {
+                url: t.log_ship_url.clone(),
+                queue: t.log_ship_queue,
+                flush: Duration::from_millis(t.log_ship_flush_ms),
+                timeout: Duration::from_millis(t.log_ship_timeout_ms),
+            },
+            token: token.to_string(),
+            meta,
+            extension_level,
+            runner_level,
+            scrubber: self.scrubber.clone(),
+        });
     }
 
     async fn apply_storage(&self) {

@@ -343,6 +343,7 @@ impl ConnectService {
             scrubber.clone(),
             tuning.storage_rebuild_timeout,
         ));
+        live.set_instance_id(&instance_id);
         let fallback: Arc<dyn Handler> = Arc::new(EchoValidation::new(
             settings.connect.persist_interactive.then(|| {
                 Arc::new(PersistHandler::new(

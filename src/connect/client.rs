@@ -53,10 +53,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::live::LiveConfig;
 use super::protocol::{self, Envelope, Incoming, SetupRequest, SetupResponse, Task, TaskOutput};
-use super::redact::Scrubber;
 use super::tasks::{self, Definitions, TaskContext};
 use super::Tuning;
-use crate::config::Secret;
+use crate::config::secret::Secret;
+use crate::redact::Scrubber;
 use crate::sanitize::escape_control;
 use crate::telemetry::{ChannelLabels, Metrics, ResultLabels, TaskLabels};
 
@@ -717,7 +717,7 @@ impl Channel {
 
     fn result_frame(&self, task: &Task, output: TaskOutput) -> OutFrame {
         let labels = ResultLabels {
-            event_type: crate::telemetry::event_type_label_of(&task.input.event_type),
+            event_type: crate::events::labels::event_type_label_of(&task.input.event_type),
             category: tasks::category_label(task),
             result: output.result.clone(),
         };
@@ -898,7 +898,7 @@ impl Channel {
                                 message: Some(format!("the task frame could not be read: {reason}")),
                             };
                             let labels = ResultLabels {
-                                event_type: crate::telemetry::event_type_label_of(&u.event_type),
+                                event_type: crate::events::labels::event_type_label_of(&u.event_type),
                                 category,
                                 result: out.result.clone(),
                             };
@@ -984,7 +984,7 @@ impl Channel {
             .metrics
             .tasks_received
             .get_or_create(&TaskLabels {
-                event_type: crate::telemetry::event_type_label_of(event_type),
+                event_type: crate::events::labels::event_type_label_of(event_type),
                 category: category.to_string(),
             })
             .inc();

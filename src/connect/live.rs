@@ -31,8 +31,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::protocol::{LoggingMeta, SetupResponse, Variable, VariableDecl};
-use super::redact::Scrubber;
-use crate::config::{BackendKind, DataApiSettings, DriverSettings, Secret, Settings, ENV_VARS};
+use crate::config::secret::Secret;
+use crate::config::{Settings, ENV_VARS};
+use crate::redact::Scrubber;
+use crate::storage::data_api::settings::Settings as DataApiSettings;
+use crate::storage::driver::settings::Settings as DriverSettings;
+use crate::storage::BackendKind;
 use crate::storage::SharedStorage;
 use crate::telemetry::ship;
 use tracing_subscriber::filter::LevelFilter;

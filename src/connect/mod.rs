@@ -9,7 +9,10 @@
 //! | `rest.rs` | the Connect REST calls (count, object) |
 //! | `live.rs` | `setup_response` merging and storage rebuilds from extension variables |
 //! | `proxy.rs` | HTTP(S)_PROXY / ALL_PROXY / NO_PROXY (HTTP CONNECT, SOCKS5) for the websocket and REST |
-//! | `redact.rs` | scrubbing frames before they are logged |
+//! | `settings.rs` | the `[connect]` settings |
+//!
+//! Scrubbing frames before they are logged is [`crate::redact`] (the log shipper uses it too);
+//! the trust roots are [`crate::tls`].
 //!
 //! [`ConnectService::build`] prepares both channels (`background`, `interactive`);
 //! [`ConnectService::run`] runs them until the platform shuts both down or the stop token fires.
@@ -18,11 +21,11 @@ pub mod client;
 pub mod live;
 pub mod protocol;
 pub mod proxy;
-pub mod redact;
 pub mod rest;
+pub mod settings;
 pub mod tasks;
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -210,42 +213,9 @@ pub fn endpoints(settings: &Settings, instance_id: &str) -> Result<(String, Stri
     ))
 }
 
-/// System trust roots, plus SSL_CERT_FILE / SSL_CERT_DIR when set.
+/// System trust roots, plus SSL_CERT_FILE / SSL_CERT_DIR when set ([`crate::tls`]).
 pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, ConnectError> {
-    static PROVIDER: Once = Once::new();
-    PROVIDER.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-    let mut roots = rustls::RootCertStore::empty();
-    // With SSL_CERT_FILE/DIR set, rustls-native-certs loads only those; add the system bundle too.
-    let mut certs = rustls_native_certs::load_native_certs().certs;
-    if std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some() {
-        for path in [
-            "/etc/ssl/certs/ca-certificates.crt",
-            "/etc/pki/tls/certs/ca-bundle.crt",
-            "/etc/ssl/ca-bundle.pem",
-            "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-            "/etc/ssl/cert.pem",
-        ] {
-            let p = std::path::Path::new(path);
-            if p.exists() {
-                certs.extend(rustls_native_certs::load_certs_from_paths(Some(p), None).certs);
-                break;
-            }
-        }
-    }
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        tracing::warn!("no trusted root certificates found: wss:// and https:// connections will fail (set SSL_CERT_FILE)");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ConnectError::Setup(format!("TLS: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::tls::client_config().map_err(|e| ConnectError::Setup(format!("TLS: {e}")))
 }
 
 fn user_agent(environment_id: &str, instance_id: &str) -> String {
@@ -326,7 +296,7 @@ impl ConnectService {
             .build()
             .map_err(|e| ConnectError::Setup(format!("HTTP client: {e}")))?;
 
-        let scrubber = Arc::new(redact::Scrubber::new());
+        let scrubber = Arc::new(crate::redact::Scrubber::new());
         for s in [
             c.api_key.expose(),
             settings.storage.data_api.api_key.expose(),
@@ -424,8 +394,8 @@ impl ConnectService {
             })
             .collect();
         tracing::info!(
-            websocket = %crate::config::redact_url(&ws_base),
-            rest = %crate::config::redact_url(&rest_base),
+            websocket = %crate::config::secret::redact_url(&ws_base),
+            rest = %crate::config::secret::redact_url(&rest_base),
             instance_id = %instance_id,
             proxy = ?proxy,
             "Connect channel configured"

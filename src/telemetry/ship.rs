@@ -20,7 +20,7 @@
 //! (installation keys in tasks) before it is serialized, and the serialized line once more after;
 //! a field named like a secret (`api_key`, `token`, `password`, …) is shipped as `***`. The key is
 //! only in the request's query string and is never logged: the listener URL appears in messages
-//! through [`crate::config::redact_url`] only.
+//! through [`crate::config::secret::redact_url`] only.
 //!
 //! **Levels.** As in the runner, `log_level` governs the extension's own logs
 //! ([`EXTENSION_TARGETS`]: the event handlers and storage, the runner's `eaas.eventsapp` logger)
@@ -49,7 +49,7 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::{reload, Registry};
 
-use crate::connect::redact::Scrubber;
+use crate::redact::Scrubber;
 
 /// The Logz.io listener the runner's handler posts to (`LogzioSender`'s default).
 pub const DEFAULT_URL: &str = "https://listener.logz.io:8071";
@@ -119,7 +119,7 @@ pub struct Destination {
 impl std::fmt::Debug for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Destination")
-            .field("url", &crate::config::redact_url(&self.options.url))
+            .field("url", &crate::config::secret::redact_url(&self.options.url))
             .field("token", &"***")
             .field("extension_level", &self.extension_level)
             .field("runner_level", &self.runner_level)
@@ -143,7 +143,7 @@ impl Destination {
 
     /// The endpoint as messages may show it.
     fn shown(&self) -> String {
-        crate::config::redact_url(&self.endpoint())
+        crate::config::secret::redact_url(&self.endpoint())
     }
 }
 
@@ -481,7 +481,7 @@ fn current_destination() -> Option<Arc<Destination>> {
 async fn sender(mut rx: mpsc::Receiver<Record>, flush: Duration) {
     let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
     // The channel's trust roots (system bundle plus SSL_CERT_FILE / SSL_CERT_DIR).
-    if let Ok(tls) = crate::connect::tls_config() {
+    if let Ok(tls) = crate::tls::client_config() {
         builder = builder.use_preconfigured_tls((*tls).clone());
     }
     let client = match builder.build() {

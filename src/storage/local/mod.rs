@@ -38,6 +38,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{EventDocument, ListQuery, SaveOutcome, Storage, StorageError};
 
+pub mod settings;
+
 const BACKEND: &str = "local";
 /// Most documents committed in one transaction.
 pub const MAX_GROUP: usize = 1024;

@@ -75,8 +75,12 @@ use reqwest::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::{EventDocument, ListQuery, SaveOutcome, Storage, StorageError};
-use crate::config::{Secret, Settings};
+use crate::config::secret::Secret;
+
+pub mod settings;
+
 use crate::sanitize::escaped_excerpt;
+use settings::Params;
 
 const BACKEND: &str = "data_api";
 /// Most documents sent in one `insertMany` request.
@@ -490,10 +494,10 @@ fn duplicate_on(text: &str, key_pattern: Option<&[String]>) -> DuplicateOn {
 }
 
 /// An endpoint URL as it may be shown (logs, errors, `Debug`, `/ready` reasons): the one URL
-/// redaction of the crate, [`crate::config::redact_url`] (no password, query values only when
+/// redaction of the crate, [`crate::config::secret::redact_url`] (no password, query values only when
 /// allow-listed, no fragment).
 pub fn shown_endpoint(url: &url::Url) -> String {
-    crate::config::redact_url(url.as_str())
+    crate::config::secret::redact_url(url.as_str())
 }
 
 /// A redirect's `Location` as it may be shown (relative ones as they are, minus any query).
@@ -664,8 +668,11 @@ fn answer_cap(action: &str) -> usize {
 impl DataApiStorage {
     /// Builds the backend from `settings.storage.data_api` (and `storage.database`). Makes no
     /// request: a gateway that is down at start-up makes events reschedule, not the daemon fail.
-    pub async fn connect(settings: &Settings) -> Result<Self, StorageError> {
-        let s = &settings.storage.data_api;
+    pub async fn connect<'a>(params: impl Into<Params<'a>>) -> Result<Self, StorageError> {
+        let Params {
+            settings: s,
+            database,
+        } = params.into();
         let endpoint = s.endpoint.trim().trim_end_matches('/');
         // The value itself is not repeated: it may hold credentials.
         let base = url::Url::parse(endpoint)
@@ -677,11 +684,11 @@ impl DataApiStorage {
             )));
         }
         for (name, value) in [
-            ("DB (storage.database)", &settings.storage.database),
-            ("CLUSTER (storage.data_api.cluster)", &s.cluster),
+            ("DB (storage.database)", database),
+            ("CLUSTER (storage.data_api.cluster)", s.cluster.as_str()),
             (
                 "HTTP_COLLECTION (storage.data_api.collection)",
-                &s.collection,
+                s.collection.as_str(),
             ),
         ] {
             if value.trim().is_empty() {
@@ -729,7 +736,7 @@ impl DataApiStorage {
             endpoint = %shown_endpoint(&base),
             auth = auth.kind(),
             data_source = %s.cluster,
-            database = %settings.storage.database,
+            database = %database,
             collection = %s.collection,
             ejson = s.ejson,
             "Data API backend configured"
@@ -739,7 +746,7 @@ impl DataApiStorage {
             base,
             auth,
             data_source: s.cluster.clone(),
-            database: settings.storage.database.clone(),
+            database: database.to_string(),
             collection: s.collection.clone(),
             ejson: s.ejson,
             request_timeout,

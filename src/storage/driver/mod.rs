@@ -77,7 +77,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{EventDocument, ListQuery, SaveOutcome, Storage, StorageError, META_KEY};
-use crate::config::{redact_uri, DriverSettings, Settings};
+use crate::config::secret::redact_uri;
+
+pub mod settings;
+
+use settings::{Params, Settings as DriverSettings};
 
 const BACKEND: &str = "driver";
 /// MongoDB's largest document.
@@ -762,11 +766,14 @@ pub struct DriverStorage {
 impl DriverStorage {
     /// Connects (reusing the process's client when the connection settings are unchanged),
     /// checks the cluster answers, and creates the indexes.
-    pub async fn connect(settings: &Settings) -> Result<Self, StorageError> {
-        let ds = &settings.storage.driver;
+    pub async fn connect<'a>(params: impl Into<Params<'a>>) -> Result<Self, StorageError> {
+        let Params {
+            settings: ds,
+            database,
+        } = params.into();
         let target = Target::from_settings(ds)?;
         let write_concern = parse_write_concern(&ds.write_concern)?;
-        if settings.storage.database.is_empty() {
+        if database.is_empty() {
             return Err(StorageError::Config {
                 backend: BACKEND,
                 message: "DB (config key `storage.database`) must not be empty".into(),
@@ -781,7 +788,7 @@ impl DriverStorage {
             });
         }
         let handle = shared_client(&target, ds).await?;
-        let db = handle.client.database(&settings.storage.database);
+        let db = handle.client.database(database);
 
         // Start-up check: a round trip (authenticates too).
         if let Err(e) = db.run_command(doc! {"ping": 1}).await {
@@ -857,7 +864,7 @@ impl DriverStorage {
         ));
         tracing::info!(
             uri = %target.shown(),
-            database = %settings.storage.database,
+            database = %database,
             collection = %ds.collection,
             "driver storage connected"
         );
@@ -868,7 +875,7 @@ impl DriverStorage {
             tx: Mutex::new(Some(tx)),
             batcher: Mutex::new(Some(batcher)),
             in_flight,
-            database: settings.storage.database.clone(),
+            database: database.to_string(),
         })
     }
 
@@ -1112,6 +1119,7 @@ use std::future::IntoFuture;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Settings;
     use serde_json::json;
 
     #[test]

@@ -1,5 +1,12 @@
 //! Configuration: `config/default.toml` (embedded) < optional file < environment variables.
 //!
+//! Each module owns its section (`http::Settings`, `storage::Settings` with each backend's own in
+//! its folder, `events::settings`, `connect::settings`, `telemetry::settings`,
+//! `shutdown::Settings`) and its syntax checks; this module only layers and loads them
+//! ([`Settings`]), and keeps the leaves every section uses: [`env`](mod@env) (the variables), [`error`]
+//! ([`ConfigError`]) and [`secret`]. A section's file imports only those leaves, so no import
+//! ever runs back up from a module to this one.
+//!
 //! Environment variables are mapped explicitly, one by one ([`ENV_VARS`]), rather than through a
 //! prefix convention, because the names are fixed by the tutorial (DATA_API_ENDPOINT, DB, …) and by
 //! the Python runner (API_KEY, ENVIRONMENT_ID, …). The table is also the single place that says which
@@ -15,124 +22,40 @@
 //! ([`SecretUrl`]): the password of the userinfo and every query value not on
 //! [`URL_QUERY_ALLOW_LIST`] become `***`.
 
+pub mod env;
+pub mod error;
+pub mod secret;
+
+pub use env::{env_name_for, EnvVar, ENV_VARS};
+pub use error::ConfigError;
+pub use secret::{redact_uri, redact_url, Secret, SecretUrl, URL_QUERY_ALLOW_LIST};
+
 use std::collections::BTreeMap;
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-use crate::events::{EventType, Status};
+use crate::connect::settings::Settings as ConnectSettings;
+use crate::events::settings::Settings as EventsSettings;
+use crate::http::settings::Settings as HttpSettings;
+use crate::shutdown::Settings as ShutdownSettings;
+use crate::storage::settings::Settings as StorageSettings;
+use crate::telemetry::settings::Settings as TelemetrySettings;
+use error::setting_error;
 
 /// The documented defaults, embedded so the binary runs with no file around it.
-pub const DEFAULTS: &str = include_str!("../config/default.toml");
+pub const DEFAULTS: &str = include_str!("../../config/default.toml");
 
-/// One environment variable and the configuration key it overrides.
-#[derive(Debug, Clone, Copy)]
-pub struct EnvVar {
-    pub name: &'static str,
-    pub key: &'static str,
-    pub secret: bool,
-}
-
-const fn var(name: &'static str, key: &'static str) -> EnvVar {
-    EnvVar {
-        name,
-        key,
-        secret: false,
-    }
-}
-const fn secret(name: &'static str, key: &'static str) -> EnvVar {
-    EnvVar {
-        name,
-        key,
-        secret: true,
-    }
-}
-
-/// Every environment variable the daemon reads, and the key it sets.
-pub const ENV_VARS: &[EnvVar] = &[
-    var("HTTP_LISTEN", "http.listen"),
-    secret("HTTP_TOKEN", "http.token"),
-    var("HTTP_MAX_BODY_BYTES", "http.max_body_bytes"),
-    var("HTTP_ALLOWED_HOSTS", "http.allowed_hosts"),
-    var("HTTP_HEADER_TIMEOUT_MS", "http.header_timeout_ms"),
-    var("HTTP_BODY_TIMEOUT_MS", "http.body_timeout_ms"),
-    var("HTTP_MAX_CONNECTIONS", "http.max_connections"),
-    var("STORAGE_BACKENDS", "storage.backends"),
-    var("STORAGE_PRIMARY", "storage.primary"),
-    var("ID_STRATEGY", "storage.id_strategy"),
-    var("DB", "storage.database"),
-    var("RESCHEDULE_COUNTDOWN", "storage.reschedule_countdown"),
-    var("LOCAL_DATA_DIR", "storage.local.path"),
-    secret("MONGODB_URI", "storage.driver.uri"),
-    var("DB_HOST", "storage.driver.host"),
-    var("DB_USER", "storage.driver.user"),
-    secret("DB_PASSWORD", "storage.driver.password"),
-    var("DRIVER_COLLECTION", "storage.driver.collection"),
-    var("DRIVER_WRITE_CONCERN", "storage.driver.write_concern"),
-    var(
-        "DRIVER_SERVER_SELECTION_TIMEOUT_MS",
-        "storage.driver.server_selection_timeout_ms",
-    ),
-    var("DRIVER_BATCH_MAX", "storage.driver.batch_max"),
-    var("DRIVER_BATCH_WAIT_MS", "storage.driver.batch_wait_ms"),
-    var(
-        "DRIVER_OPERATION_TIMEOUT_MS",
-        "storage.driver.operation_timeout_ms",
-    ),
-    var("DATA_API_ENDPOINT", "storage.data_api.endpoint"),
-    secret("DATA_API_KEY", "storage.data_api.api_key"),
-    secret("DATA_API_BEARER_TOKEN", "storage.data_api.bearer_token"),
-    var("DATA_API_EMAIL", "storage.data_api.email"),
-    secret("DATA_API_PASSWORD", "storage.data_api.password"),
-    var("CLUSTER", "storage.data_api.cluster"),
-    var("HTTP_COLLECTION", "storage.data_api.collection"),
-    var("DATA_API_EJSON", "storage.data_api.ejson"),
-    var("DATA_API_TIMEOUT_MS", "storage.data_api.request_timeout_ms"),
-    var("DATA_API_DEADLINE_MS", "storage.data_api.deadline_ms"),
-    var("PERSIST_EVENTS", "events.persist"),
-    secret("API_KEY", "connect.api_key"),
-    var("ENVIRONMENT_ID", "connect.environment_id"),
-    var("INSTANCE_ID", "connect.instance_id"),
-    var("SERVER_ADDRESS", "connect.server_address"),
-    var("API_ADDRESS", "connect.api_address"),
-    var("CONNECT_INSECURE", "connect.insecure"),
-    var(
-        "BACKGROUND_TASK_MAX_EXECUTION_TIME",
-        "connect.background_task_max_execution_time",
-    ),
-    var(
-        "INTERACTIVE_TASK_MAX_EXECUTION_TIME",
-        "connect.interactive_task_max_execution_time",
-    ),
-    var("CONNECT_SETUP_TIMEOUT", "connect.setup_timeout"),
-    var("CONNECT_MAX_IN_FLIGHT", "connect.max_in_flight"),
-    var("CONNECT_REST_CONCURRENCY", "connect.rest_concurrency"),
-    var("CONNECT_MAX_FRAME_BYTES", "connect.max_frame_bytes"),
-    var("CONNECT_PING_INTERVAL", "connect.ping_interval"),
-    var("CONNECT_RESULT_BUFFER", "connect.result_buffer"),
-    var("CONNECT_RESULT_BUFFER_BYTES", "connect.result_buffer_bytes"),
-    var("CONNECT_PERSIST_INTERACTIVE", "connect.persist_interactive"),
-    var("RUNNER_VERSION", "connect.runner_version"),
-    var("EXTENSION_AUDIENCE", "connect.audience"),
-    var("EXTENSION_README_URL", "connect.readme_url"),
-    var("EXTENSION_CHANGELOG_URL", "connect.changelog_url"),
-    var("LOG_FORMAT", "telemetry.log_format"),
-    var("CONNECT_LOG_SHIP", "telemetry.log_ship"),
-    var("CONNECT_LOG_SHIP_URL", "telemetry.log_ship_url"),
-    var("CONNECT_LOG_SHIP_QUEUE", "telemetry.log_ship_queue"),
-    var("CONNECT_LOG_SHIP_FLUSH_MS", "telemetry.log_ship_flush_ms"),
-    var(
-        "CONNECT_LOG_SHIP_TIMEOUT_MS",
-        "telemetry.log_ship_timeout_ms",
-    ),
-    var("SHUTDOWN_GRACE", "shutdown.grace"),
-];
-
-/// The variable that overrides `key`, if any.
-pub fn env_name_for(key: &str) -> Option<&'static str> {
-    ENV_VARS.iter().find(|v| v.key == key).map(|v| v.name)
+/// The whole configuration: each section is owned by its module, which also checks its syntax;
+/// this module layers and loads it, and holds the one table of numeric ranges ([`Settings::bounds`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub storage: StorageSettings,
+    pub events: EventsSettings,
+    pub connect: ConnectSettings,
+    pub telemetry: TelemetrySettings,
+    pub shutdown: ShutdownSettings,
 }
 
 /// The accepted range of one numeric setting (see [`Settings::bounds`]).
@@ -163,581 +86,21 @@ impl Bound {
     }
 }
 
-/// A configuration error: always names the setting (variable and key) and what is accepted.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(pub String);
-
-fn setting_error(key: &str, message: impl fmt::Display) -> ConfigError {
-    match env_name_for(key) {
-        Some(env) => ConfigError(format!("{env} (config key `{key}`): {message}")),
-        None => ConfigError(format!("config key `{key}`: {message}")),
+impl AsRef<StorageSettings> for Settings {
+    fn as_ref(&self) -> &StorageSettings {
+        &self.storage
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Secrets
-// ---------------------------------------------------------------------------------------------
-
-/// A secret string: redacted in `Debug`, `Display` and serialization (check-config output).
-/// Exposed only where a request or connection is built, through [`Secret::expose`].
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-    /// What logs may show: empty stays empty, a database or HTTP URL is shown through
-    /// [`redact_url`] (user and host kept, password and unlisted query values hidden), anything
-    /// else becomes `***`.
-    pub fn redacted(&self) -> String {
-        if self.0.is_empty() {
-            return String::new();
-        }
-        let lower = self.0.to_ascii_lowercase();
-        if ["mongodb://", "mongodb+srv://", "http://", "https://"]
-            .iter()
-            .any(|p| lower.starts_with(p))
-        {
-            redact_url(&self.0)
-        } else {
-            "***".to_string()
-        }
+impl<'a> From<&'a Settings> for crate::storage::driver::settings::Params<'a> {
+    fn from(s: &'a Settings) -> Self {
+        (&s.storage).into()
     }
 }
 
-/// A URL that may carry credentials (userinfo, a key in the query string): shown everywhere
-/// (logs, `check-config`, errors, `/ready` reasons) only through [`redact_url`].
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct SecretUrl(String);
-
-impl SecretUrl {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The URL itself, only where a request or connection is built.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn redacted(&self) -> String {
-        redact_url(&self.0)
-    }
-}
-
-impl fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretUrl({:?})", self.redacted())
-    }
-}
-impl fmt::Display for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-impl Serialize for SecretUrl {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.redacted())
-    }
-}
-
-/// Query parameters whose values are shown: connection options that are never secret. Every
-/// other parameter keeps its name and shows `***` (`tlsCertificateKeyFilePassword`, `key`, …).
-pub const URL_QUERY_ALLOW_LIST: &[&str] = &[
-    "authSource",
-    "authMechanism",
-    "replicaSet",
-    "tls",
-    "ssl",
-    "tlsAllowInvalidCertificates",
-    "tlsAllowInvalidHostnames",
-    "tlsInsecure",
-    "retryWrites",
-    "retryReads",
-    "w",
-    "wtimeoutMS",
-    "journal",
-    "appName",
-    "directConnection",
-    "loadBalanced",
-    "readPreference",
-    "readConcernLevel",
-    "maxPoolSize",
-    "minPoolSize",
-    "maxIdleTimeMS",
-    "connectTimeoutMS",
-    "socketTimeoutMS",
-    "serverSelectionTimeoutMS",
-    "heartbeatFrequencyMS",
-    "localThresholdMS",
-    "compressors",
-    "srvServiceName",
-    "srvMaxHosts",
-];
-
-/// Any URL string made safe to show: the password of the userinfo becomes `***` (the user is
-/// kept — except over http(s), where a user without a password is usually a token and is hidden
-/// too), every query value whose name is not in [`URL_QUERY_ALLOW_LIST`] becomes `***` (a bare
-/// query token too), and a fragment becomes `#***`. Scheme, hosts and path are kept. A password
-/// holding `/`, `?` or `@` unencoded is hidden whole.
-pub fn redact_url(s: &str) -> String {
-    let (scheme, rest) = match s.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, s),
-    };
-    let mut out = String::with_capacity(s.len());
-    if let Some(scheme) = scheme {
-        out.push_str(scheme);
-        out.push_str("://");
-    }
-    let mut rest = rest;
-    if scheme.is_some() {
-        // The userinfo ends at the last `@` before the query; when no `@` precedes the first `?`,
-        // the password itself may hold a `?`: take the last `@` of all.
-        let first_q = rest.find('?').unwrap_or(rest.len());
-        let at = rest[..first_q].rfind('@').or_else(|| rest.rfind('@'));
-        if let Some(at) = at {
-            let userinfo = &rest[..at];
-            let (user, password) = match userinfo.split_once(':') {
-                Some((u, _)) => (u, true),
-                None => (userinfo, false),
-            };
-            if !user.contains(['/', '?', '#']) {
-                let http = scheme.is_some_and(|sc| {
-                    sc.eq_ignore_ascii_case("http") || sc.eq_ignore_ascii_case("https")
-                });
-                if password {
-                    out.push_str(user);
-                    out.push_str(":***@");
-                } else if http {
-                    out.push_str("***@");
-                } else {
-                    out.push_str(user);
-                    out.push('@');
-                }
-                rest = &rest[at + 1..];
-            }
-        }
-    }
-    let (before_fragment, fragment) = match rest.split_once('#') {
-        Some((b, _)) => (b, true),
-        None => (rest, false),
-    };
-    match before_fragment.split_once('?') {
-        Some((path, query)) => {
-            out.push_str(path);
-            out.push('?');
-            let parts: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, _))
-                        if URL_QUERY_ALLOW_LIST
-                            .iter()
-                            .any(|a| a.eq_ignore_ascii_case(k)) =>
-                    {
-                        kv.to_string()
-                    }
-                    Some((k, _)) => format!("{k}=***"),
-                    None if kv.is_empty()
-                        || URL_QUERY_ALLOW_LIST
-                            .iter()
-                            .any(|a| a.eq_ignore_ascii_case(kv)) =>
-                    {
-                        kv.to_string()
-                    }
-                    None => "***".to_string(),
-                })
-                .collect();
-            out.push_str(&parts.join("&"));
-        }
-        None => out.push_str(before_fragment),
-    }
-    if fragment {
-        out.push_str("#***");
-    }
-    out
-}
-
-/// [`redact_url`] of `s` when it is a URL (`scheme://…`), else `None` (the driver's helper).
-pub fn redact_uri(s: &str) -> Option<String> {
-    s.contains("://").then(|| redact_url(s))
-}
-
-/// Serializes a URL-valued string setting through [`redact_url`].
-fn serialize_url<S: Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&redact_url(value))
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({:?})", self.redacted())
-    }
-}
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.redacted())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Settings
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Settings {
-    pub http: HttpSettings,
-    pub storage: StorageSettings,
-    pub events: EventsSettings,
-    pub connect: ConnectSettings,
-    pub telemetry: TelemetrySettings,
-    pub shutdown: ShutdownSettings,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct HttpSettings {
-    pub listen: SocketAddr,
-    pub token: Secret,
-    pub max_body_bytes: usize,
-    /// Comma-separated `Host` names accepted on /events besides loopback names (`http::guard`).
-    pub allowed_hosts: String,
-    pub header_timeout_ms: u64,
-    pub body_timeout_ms: u64,
-    pub max_connections: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IdStrategy {
-    State,
-    Task,
-    Generated,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendKind {
-    Local,
-    Driver,
-    DataApi,
-    /// `none`: answers every save as stored and keeps nothing — benchmarking only, never `auto`.
-    Discard,
-}
-
-impl BackendKind {
-    pub const ALL: [BackendKind; 4] = [Self::Local, Self::Driver, Self::DataApi, Self::Discard];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Driver => "driver",
-            Self::DataApi => "data_api",
-            Self::Discard => "none",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|b| b.as_str() == s)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct StorageSettings {
-    /// Raw value of `storage.backends` ("auto" or a list); see [`StorageSettings::backend_list`].
-    pub backends: String,
-    pub primary: String,
-    pub id_strategy: IdStrategy,
-    pub database: String,
-    pub reschedule_countdown: u64,
-    pub local: LocalSettings,
-    pub driver: DriverSettings,
-    pub data_api: DataApiSettings,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct LocalSettings {
-    pub path: PathBuf,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-pub struct DriverSettings {
-    pub uri: Secret,
-    pub host: String,
-    pub user: String,
-    pub password: Secret,
-    pub collection: String,
-    pub write_concern: String,
-    pub server_selection_timeout_ms: u64,
-    pub batch_max: usize,
-    pub batch_wait_ms: u64,
-    pub operation_timeout_ms: u64,
-}
-
-impl DriverSettings {
-    pub fn is_configured(&self) -> bool {
-        !self.uri.is_empty() || !self.host.is_empty()
-    }
-}
-
-#[derive(Clone, Deserialize, Serialize, PartialEq)]
-pub struct DataApiSettings {
-    /// May carry credentials (userinfo, a key in the query): shown only through [`redact_url`].
-    #[serde(serialize_with = "serialize_url")]
-    pub endpoint: String,
-    pub api_key: Secret,
-    pub bearer_token: Secret,
-    pub email: String,
-    pub password: Secret,
-    pub cluster: String,
-    pub collection: String,
-    pub ejson: bool,
-    pub request_timeout_ms: u64,
-    pub deadline_ms: u64,
-}
-
-impl fmt::Debug for DataApiSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DataApiSettings")
-            .field("endpoint", &redact_url(&self.endpoint))
-            .field("api_key", &self.api_key)
-            .field("bearer_token", &self.bearer_token)
-            .field("email", &self.email)
-            .field("password", &self.password)
-            .field("cluster", &self.cluster)
-            .field("collection", &self.collection)
-            .field("ejson", &self.ejson)
-            .field("request_timeout_ms", &self.request_timeout_ms)
-            .field("deadline_ms", &self.deadline_ms)
-            .finish()
-    }
-}
-
-impl DataApiSettings {
-    pub fn is_configured(&self) -> bool {
-        !self.endpoint.is_empty()
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct EventsSettings {
-    /// Raw `events.persist` spec; parsed by [`EventsSettings::persist_rules`].
-    pub persist: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ConnectSettings {
-    pub api_key: Secret,
-    pub environment_id: String,
-    pub instance_id: String,
-    pub server_address: String,
-    pub api_address: String,
-    pub insecure: bool,
-    pub background_task_max_execution_time: u64,
-    pub interactive_task_max_execution_time: u64,
-    pub setup_timeout: u64,
-    pub max_in_flight: usize,
-    pub rest_concurrency: usize,
-    pub max_frame_bytes: usize,
-    pub ping_interval: u64,
-    pub result_buffer: usize,
-    pub result_buffer_bytes: usize,
-    pub persist_interactive: bool,
-    pub runner_version: String,
-    pub audience: String,
-    pub readme_url: String,
-    pub changelog_url: String,
-}
-
-impl ConnectSettings {
-    /// The websocket channel runs only when both the platform key and the environment are known.
-    pub fn enabled(&self) -> bool {
-        !self.api_key.is_empty() && !self.environment_id.is_empty()
-    }
-    pub fn audience_list(&self) -> Vec<String> {
-        split_list(&self.audience)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct TelemetrySettings {
-    pub log_format: LogFormat,
-    /// Ship logs to the platform's log service when a `setup_response` carries a key.
-    pub log_ship: bool,
-    /// The log service's listener (base URL; the key goes into its query).
-    #[serde(serialize_with = "serialize_url")]
-    pub log_ship_url: String,
-    pub log_ship_queue: usize,
-    pub log_ship_flush_ms: u64,
-    pub log_ship_timeout_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ShutdownSettings {
-    /// Seconds.
-    pub grace: u64,
-}
-
-fn split_list(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|x| !x.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-/// One persistence rule: store events of `event_type` whose status is one of `statuses`
-/// (any status when the list is empty, as for interactive events).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PersistRule {
-    pub event_type: EventType,
-    pub statuses: Vec<Status>,
-}
-
-impl EventsSettings {
-    /// Parses `"type:s1,s2;type2:s3"`.
-    pub fn persist_rules(&self) -> Result<Vec<PersistRule>, ConfigError> {
-        let mut rules: Vec<PersistRule> = Vec::new();
-        for part in self
-            .persist
-            .split(';')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            let (ty, statuses) = part.split_once(':').unwrap_or((part, ""));
-            let event_type: EventType = ty.trim().parse().unwrap();
-            if let EventType::Other(name) = &event_type {
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                    return Err(setting_error(
-                        "events.persist",
-                        format!("`{name}` is not an event type; expected \"event_type:status,status;…\", e.g. \"asset_purchase_request_processing:pending,approved\""),
-                    ));
-                }
-            }
-            let statuses: Vec<Status> = split_list(statuses)
-                .iter()
-                .map(|s| s.parse().unwrap())
-                .collect();
-            if event_type.category() == crate::events::Category::Background && statuses.is_empty() {
-                return Err(setting_error(
-                    "events.persist",
-                    format!("background event type `{event_type}` needs at least one status (accepted: {})",
-                        join(event_type.known_statuses())),
-                ));
-            }
-            let known = event_type.known_statuses();
-            if let Some(bad) = statuses
-                .iter()
-                .find(|s| !known.is_empty() && !known.contains(s))
-            {
-                return Err(setting_error(
-                    "events.persist",
-                    format!(
-                        "`{bad}` is not a status of `{event_type}`; accepted: {}",
-                        join(known)
-                    ),
-                ));
-            }
-            if rules.iter().any(|r| r.event_type == event_type) {
-                return Err(setting_error(
-                    "events.persist",
-                    format!("`{event_type}` is listed twice"),
-                ));
-            }
-            rules.push(PersistRule {
-                event_type,
-                statuses,
-            });
-        }
-        Ok(rules)
-    }
-}
-
-fn join<T: fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-impl StorageSettings {
-    /// The backends every event is written to, resolved from `storage.backends`.
-    pub fn backend_list(&self) -> Result<Vec<BackendKind>, ConfigError> {
-        let raw = self.backends.trim();
-        if raw.is_empty() || raw == "auto" {
-            let mut list = Vec::new();
-            if self.driver.is_configured() {
-                list.push(BackendKind::Driver);
-            }
-            if self.data_api.is_configured() {
-                list.push(BackendKind::DataApi);
-            }
-            if list.is_empty() {
-                list.push(BackendKind::Local);
-            }
-            return Ok(list);
-        }
-        let mut list = Vec::new();
-        for name in split_list(raw) {
-            let kind = BackendKind::parse(&name).ok_or_else(|| {
-                setting_error(
-                    "storage.backends",
-                    format!("unknown backend `{name}`; accepted: auto, or a comma-separated list of local, driver, data_api (or none, for benchmarks)"),
-                )
-            })?;
-            if !list.contains(&kind) {
-                list.push(kind);
-            }
-        }
-        Ok(list)
-    }
-
-    /// The backend answering read-back.
-    pub fn primary_backend(&self) -> Result<BackendKind, ConfigError> {
-        let list = self.backend_list()?;
-        if self.primary.trim().is_empty() {
-            return Ok(list[0]);
-        }
-        let kind = BackendKind::parse(self.primary.trim()).ok_or_else(|| {
-            setting_error(
-                "storage.primary",
-                format!(
-                    "unknown backend `{}`; accepted: local, driver, data_api, none",
-                    self.primary
-                ),
-            )
-        })?;
-        if !list.contains(&kind) {
-            return Err(setting_error(
-                "storage.primary",
-                format!(
-                    "`{}` is not among the configured backends ({})",
-                    kind.as_str(),
-                    list.iter()
-                        .map(|b| b.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        Ok(kind)
+impl<'a> From<&'a Settings> for crate::storage::data_api::settings::Params<'a> {
+    fn from(s: &'a Settings) -> Self {
+        (&s.storage).into()
     }
 }
 
@@ -819,66 +182,10 @@ impl Settings {
             ));
         }
         self.check_bounds()?;
-        crate::http::check_settings(&self.http)?;
-        let backends = self.storage.backend_list()?;
-        self.storage.primary_backend()?;
-        if backends.contains(&BackendKind::Driver) && !self.storage.driver.is_configured() {
-            return Err(setting_error(
-                "storage.driver.uri",
-                "the driver backend is selected but neither MONGODB_URI nor DB_HOST is set",
-            ));
-        }
-        if backends.contains(&BackendKind::Driver) && self.storage.driver.uri.is_empty() {
-            for (key, empty) in [
-                ("storage.driver.user", self.storage.driver.user.is_empty()),
-                (
-                    "storage.driver.password",
-                    self.storage.driver.password.is_empty(),
-                ),
-            ] {
-                if empty {
-                    return Err(setting_error(
-                        key,
-                        "required with DB_HOST (the URI is mongodb+srv://DB_USER:DB_PASSWORD@DB_HOST/); or set MONGODB_URI",
-                    ));
-                }
-            }
-        }
-        let remote =
-            backends.contains(&BackendKind::Driver) || backends.contains(&BackendKind::DataApi);
-        if remote && self.storage.database.is_empty() {
-            return Err(setting_error("storage.database", "must not be empty"));
-        }
-        if backends.contains(&BackendKind::DataApi) {
-            let ep = &self.storage.data_api.endpoint;
-            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                return Err(setting_error(
-                    "storage.data_api.endpoint",
-                    format!(
-                        "`{}` must be an http:// or https:// URL (…/endpoint/data/v1)",
-                        redact_url(ep)
-                    ),
-                ));
-            }
-        }
-        let wc = self.storage.driver.write_concern.as_str();
-        if wc != "majority" && wc.parse::<u32>().is_err() {
-            return Err(setting_error(
-                "storage.driver.write_concern",
-                format!(
-                    "`{wc}` is not accepted; accepted: majority, or a number of nodes (e.g. 1)"
-                ),
-            ));
-        }
+        crate::http::settings::check_settings(&self.http)?;
+        self.storage.check()?;
         self.events.persist_rules()?;
-        for a in self.connect.audience_list() {
-            if !["vendor", "distributor", "reseller"].contains(&a.as_str()) {
-                return Err(setting_error(
-                    "connect.audience",
-                    format!("`{a}` is not accepted; accepted: vendor, distributor, reseller"),
-                ));
-            }
-        }
+        self.connect.check()?;
         Ok(())
     }
 
@@ -1149,6 +456,8 @@ fn accepted_values(key: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventType;
+    use crate::storage::settings::{BackendKind, IdStrategy};
 
     fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         Settings::from_vars(vars.iter().copied())
@@ -1399,7 +708,7 @@ mod tests {
             redact_url("mongodb://h/?AUTHSOURCE=admin"),
             "mongodb://h/?AUTHSOURCE=admin"
         );
-        // redact_uri (driver.rs) now redacts every URI, with or without a password.
+        // redact_uri (the driver backend) now redacts every URI, with or without a password.
         assert_eq!(
             redact_uri("mongodb://h/?tlsCertificateKeyFilePassword=SECRET").as_deref(),
             Some("mongodb://h/?tlsCertificateKeyFilePassword=***")

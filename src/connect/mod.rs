@@ -4,7 +4,7 @@
 //! | file | what |
 //! |---|---|
 //! | `protocol.rs` | wire types (serde only) and the Python `json.dumps` layout |
-//! | `client.rs` | one channel: connect, handshake, read, results, keepalive, reconnect, drain |
+//! | `client/` | one channel: the connection loop, keepalive, reconnect (`mod.rs`); `handshake.rs` (upgrade, setup); `reader.rs` (frames, admission); `outbox.rs` (results, writer); `inflight.rs` (slots, waiting queue, drain) |
 //! | `tasks.rs` | one task: status gate + fetch + registry, or interactive, or scheduled |
 //! | `rest.rs` | the Connect REST calls (count, object) |
 //! | `live.rs` | `setup_response` merging and storage rebuilds from extension variables |

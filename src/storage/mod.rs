@@ -15,9 +15,11 @@
 //! document already there; backends report that as [`SaveOutcome::Duplicate`], which callers count
 //! as success.
 //!
-//! **Errors.** [`StorageError::is_retriable`] is the one place that decides whether an event is
-//! answered `reschedule` (transient: try again later, nothing lost) or `fail` (permanent). Only
-//! [`StorageError::Rejected`] — about this document — is permanent.
+//! **Errors.** A [`StorageError`] has a backend, a message and an [`ErrorKind`];
+//! [`ErrorKind::is_retriable`] is the one place that decides whether an event is answered
+//! `reschedule` (transient: try again later, nothing lost) or `fail` (permanent). Only
+//! [`ErrorKind::RejectedDocument`] ([`StorageError::Rejected`]) — about this document — is
+//! permanent. Backends build errors with the constructors (`StorageError::unavailable(…)`, …).
 //!
 //! **Health.** [`SharedStorage`] keeps one health state fed by every save result and every
 //! readiness ping ([`SharedStorage::ping`]): the change healthy → failing is logged at ERROR once,
@@ -29,6 +31,7 @@ pub mod conformance;
 pub mod data_api;
 pub mod discard;
 pub mod driver;
+mod error;
 pub mod fanout;
 pub mod local;
 pub mod settings;
@@ -41,6 +44,7 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
 use crate::config::error::ConfigError;
+pub use error::{ErrorKind, StorageError};
 pub use settings::{BackendKind, IdStrategy, Settings};
 
 /// The reserved top-level key holding our metadata.
@@ -165,85 +169,6 @@ impl ListQuery {
         self.limit
             .unwrap_or(Self::DEFAULT_LIMIT)
             .clamp(1, Self::MAX_LIMIT)
-    }
-}
-
-/// Storage errors, classified once by [`StorageError::is_retriable`].
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StorageError {
-    /// The backend could not be reached or did not answer (network, server selection, 5xx, 429).
-    #[error("{backend} storage unavailable: {message}")]
-    Unavailable {
-        backend: &'static str,
-        message: String,
-    },
-    /// The operation did not finish in time; it may or may not have been committed.
-    #[error("{backend} storage timed out: {message}")]
-    Timeout {
-        backend: &'static str,
-        message: String,
-    },
-    /// The backend refused the document or the request for good (invalid document, auth).
-    #[error("{backend} storage rejected the request: {message}")]
-    Rejected {
-        backend: &'static str,
-        message: String,
-    },
-    /// The backend's settings are wrong (bad URI, missing collection…).
-    #[error("{backend} storage misconfigured: {message}")]
-    Config {
-        backend: &'static str,
-        message: String,
-    },
-    /// A bug or corrupted state on our side.
-    #[error("{backend} storage internal error: {message}")]
-    Internal {
-        backend: &'static str,
-        message: String,
-    },
-}
-
-impl StorageError {
-    /// Whether trying again later can succeed. Retriable errors become `reschedule`, the others `fail`.
-    ///
-    /// Only [`StorageError::Rejected`] — an error about *this document* — is permanent. Everything
-    /// about the store, the network or the credentials (`Config` included: a wrong key or a missing
-    /// endpoint is fixed by the operator, and the redelivery then succeeds) and anything unexplained
-    /// (`Internal`) is retriable: the deterministic `_id` makes a redelivery safe, a wrong `fail`
-    /// loses the event.
-    pub fn is_retriable(&self) -> bool {
-        !matches!(self, Self::Rejected { .. })
-    }
-
-    /// Whether this is an error about the document itself (the event is answered `fail`).
-    pub fn is_permanent(&self) -> bool {
-        !self.is_retriable()
-    }
-
-    /// The same error with its message rewritten (e.g. to scrub a secret), kind kept.
-    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
-        match self {
-            Self::Unavailable { backend, message } => Self::Unavailable {
-                backend,
-                message: f(message),
-            },
-            Self::Timeout { backend, message } => Self::Timeout {
-                backend,
-                message: f(message),
-            },
-            Self::Rejected { backend, message } => Self::Rejected {
-                backend,
-                message: f(message),
-            },
-            Self::Config { backend, message } => Self::Config {
-                backend,
-                message: f(message),
-            },
-            Self::Internal { backend, message } => Self::Internal {
-                backend,
-                message: f(message),
-            },
-        }
     }
 }
 
@@ -377,13 +302,13 @@ impl SharedStorage {
         let storage = self.current();
         let result = match tokio::time::timeout(Self::PING_TIMEOUT, storage.ping()).await {
             Ok(r) => r,
-            Err(_) => Err(StorageError::Timeout {
-                backend: storage.name(),
-                message: format!(
+            Err(_) => Err(StorageError::timeout(
+                storage.name(),
+                format!(
                     "ping got no answer within {} ms",
                     Self::PING_TIMEOUT.as_millis()
                 ),
-            }),
+            )),
         };
         self.health.record(storage.name(), &result);
         result
@@ -409,10 +334,7 @@ pub async fn connect(
     settings: &(impl AsRef<Settings> + ?Sized),
 ) -> Result<Arc<dyn Storage>, StorageError> {
     let settings = settings.as_ref();
-    let config_err = |e: ConfigError| StorageError::Config {
-        backend: "storage",
-        message: e.to_string(),
-    };
+    let config_err = |e: ConfigError| StorageError::config("storage", e.to_string());
     let kinds = settings.backend_list().map_err(config_err)?;
     let primary = settings.primary_backend().map_err(config_err)?;
     let mut backends = Vec::with_capacity(kinds.len());

@@ -2,7 +2,7 @@
 //! storage error, duplicate keys, and `Retry-After`.
 
 use super::{BACKEND, MAX_ERROR_BODY};
-use crate::sanitize::escaped_excerpt;
+use crate::sanitize::{error_chain, escaped_excerpt};
 use crate::storage::StorageError;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
@@ -252,15 +252,9 @@ impl ApiError {
     /// retriable: the event is rescheduled and nothing is lost.
     pub fn into_storage_error_with(self, credentials: &str) -> StorageError {
         let message = self.describe();
-        let config = |message: String| StorageError::Config {
-            backend: BACKEND,
-            message,
-        };
+        let config = |message: String| StorageError::config(BACKEND, message);
         match self.kind {
-            ApiErrorKind::Timeout => StorageError::Timeout {
-                backend: BACKEND,
-                message,
-            },
+            ApiErrorKind::Timeout => StorageError::timeout(BACKEND, message),
             ApiErrorKind::Redirect => config(format!(
                 "{message}: redirects are not followed (they would send the document and the \
                  credentials elsewhere); set DATA_API_ENDPOINT to the URL that answers"
@@ -274,10 +268,7 @@ impl ApiError {
             ApiErrorKind::BadRequest | ApiErrorKind::PayloadTooLarge
                 if self.is_about_document() =>
             {
-                StorageError::Rejected {
-                    backend: BACKEND,
-                    message,
-                }
+                StorageError::rejected(BACKEND, message)
             }
             ApiErrorKind::BadRequest | ApiErrorKind::PayloadTooLarge => config(format!(
                 "{message} (the gateway refused the request, not the document: check \
@@ -288,10 +279,7 @@ impl ApiError {
             | ApiErrorKind::Transport
             | ApiErrorKind::Decode
             | ApiErrorKind::TooLong
-            | ApiErrorKind::Other => StorageError::Unavailable {
-                backend: BACKEND,
-                message,
-            },
+            | ApiErrorKind::Other => StorageError::unavailable(BACKEND, message),
         }
     }
 
@@ -421,13 +409,6 @@ pub(super) fn reqwest_error(action: &str, e: reqwest::Error) -> Box<ApiError> {
         ApiErrorKind::Transport
     };
     // Without the URL (it could carry a `secret` query parameter); with the causes.
-    let e = e.without_url();
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
+    let message = error_chain(&e.without_url(), false);
     Box::new(ApiError::transport(action, kind, message))
 }

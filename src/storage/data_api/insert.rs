@@ -225,13 +225,13 @@ pub(super) fn other_index(on: &DuplicateOn, err: &ApiError) -> StorageError {
         DuplicateOn::Index(name) => format!("unique index `{name}`"),
         _ => "a unique index other than `_id`".to_string(),
     };
-    StorageError::Rejected {
-        backend: BACKEND,
-        message: format!(
+    StorageError::rejected(
+        BACKEND,
+        format!(
             "duplicate key on {index}, not `_id` (another document holds the same value): {}",
             err.describe()
         ),
-    }
+    )
 }
 /// The position in `ids` of the key named by a duplicate-key message
 /// (`… dup key: { _id: "PR-1:pending:u" }`).

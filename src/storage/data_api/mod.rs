@@ -146,10 +146,7 @@ impl std::fmt::Debug for DataApiStorage {
 }
 
 fn config_error(message: impl Into<String>) -> StorageError {
-    StorageError::Config {
-        backend: BACKEND,
-        message: message.into(),
-    }
+    StorageError::config(BACKEND, message)
 }
 
 impl DataApiStorage {
@@ -323,19 +320,19 @@ impl Storage for DataApiStorage {
                 let f = first[docs[i].id.as_str()];
                 if f == i {
                     out[i].clone().unwrap_or_else(|| {
-                        Err(StorageError::Internal {
-                            backend: BACKEND,
-                            message: "insertMany left a document without an outcome".into(),
-                        })
+                        Err(StorageError::internal(
+                            BACKEND,
+                            "insertMany left a document without an outcome",
+                        ))
                     })
                 } else {
                     match &out[f] {
                         Some(Ok(_)) => Ok(SaveOutcome::Duplicate),
                         Some(Err(e)) => Err(e.clone()),
-                        None => Err(StorageError::Internal {
-                            backend: BACKEND,
-                            message: "insertMany left a document without an outcome".into(),
-                        }),
+                        None => Err(StorageError::internal(
+                            BACKEND,
+                            "insertMany left a document without an outcome",
+                        )),
                     }
                 }
             })

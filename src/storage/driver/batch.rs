@@ -90,13 +90,13 @@ impl Writer {
     }
 
     pub(super) fn timeout_error(&self) -> StorageError {
-        StorageError::Timeout {
-            backend: BACKEND,
-            message: format!(
+        StorageError::timeout(
+            BACKEND,
+            format!(
                 "no answer within {} ms (DRIVER_OPERATION_TIMEOUT_MS)",
                 self.op_timeout.as_millis()
             ),
-        }
+        )
     }
 
     /// One `insert_many(ordered = false)`; one result per document.
@@ -170,13 +170,10 @@ impl Writer {
                     (Ok(true), Some(wc)) => Err(wc.clone()),
                     (Ok(true), None) => Ok(SaveOutcome::Duplicate),
                     (Ok(false), _) => Err(scrub_error(
-                        StorageError::Rejected {
-                            backend: BACKEND,
-                            message: format!(
+                        StorageError::rejected(BACKEND, format!(
                                 "the document collides with a stored one on a unique index other than `_id` (not a redelivery): {}",
                                 message()
-                            ),
-                        },
+                            )),
                         &self.secrets,
                     )),
                     (Err(e), _) => Err(e),
@@ -204,10 +201,7 @@ impl Writer {
             .ok()
             .flatten()
             .and_then(|v| Bson::try_from(v).ok())
-            .ok_or_else(|| StorageError::Internal {
-                backend: BACKEND,
-                message: "a stored document without `_id`".into(),
-            })?;
+            .ok_or_else(|| StorageError::internal(BACKEND, "a stored document without `_id`"))?;
         let lookup = self.coll.count_documents(doc! {"_id": id}).limit(1);
         match tokio::time::timeout(self.op_timeout, lookup).await {
             Ok(Ok(found)) => Ok(found > 0),

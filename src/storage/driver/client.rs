@@ -78,15 +78,9 @@ pub(super) async fn shared_client(
             &target.secrets,
         );
         if bad_uri {
-            StorageError::Config {
-                backend: BACKEND,
-                message,
-            }
+            StorageError::config(BACKEND, message)
         } else {
-            StorageError::Unavailable {
-                backend: BACKEND,
-                message,
-            }
+            StorageError::unavailable(BACKEND, message)
         }
     })?;
     options.server_selection_timeout =
@@ -94,12 +88,14 @@ pub(super) async fn shared_client(
     if options.app_name.is_none() {
         options.app_name = Some("connect-extension-mongodb".into());
     }
-    let client = Client::with_options(options).map_err(|e| StorageError::Config {
-        backend: BACKEND,
-        message: scrub(
-            format!("{} {}: {}", target.setting, target.shown(), describe(&e)),
-            &target.secrets,
-        ),
+    let client = Client::with_options(options).map_err(|e| {
+        StorageError::config(
+            BACKEND,
+            scrub(
+                format!("{} {}: {}", target.setting, target.shown(), describe(&e)),
+                &target.secrets,
+            ),
+        )
     })?;
     let handle = Arc::new(ClientHandle { client });
     clients.push((key, Arc::downgrade(&handle)));

@@ -92,25 +92,24 @@ pub fn to_stored(doc: &EventDocument) -> Result<RawDocumentBuf, StorageError> {
             meta.insert(RECEIVED_DATE, date);
         }
         _ => {
-            return Err(StorageError::Internal {
-                backend: BACKEND,
-                message: format!("document {} has no `{META_KEY}` object", doc.id),
-            })
+            return Err(StorageError::internal(
+                BACKEND,
+                format!("document {} has no `{META_KEY}` object", doc.id),
+            ))
         }
     }
-    let raw = RawDocumentBuf::from_document(&d).map_err(|e| StorageError::Rejected {
-        backend: BACKEND,
-        message: format!("document {} cannot be encoded as BSON: {e}", doc.id),
+    let raw = RawDocumentBuf::from_document(&d).map_err(|e| {
+        StorageError::rejected(
+            BACKEND,
+            format!("document {} cannot be encoded as BSON: {e}", doc.id),
+        )
     })?;
     let size = raw.as_bytes().len();
     if size > MAX_DOCUMENT_BYTES {
-        return Err(StorageError::Rejected {
-            backend: BACKEND,
-            message: format!(
+        return Err(StorageError::rejected(BACKEND, format!(
                 "document {} is {size} bytes as BSON; MongoDB stores at most {MAX_DOCUMENT_BYTES} bytes (16 MiB) per document",
                 doc.id
-            ),
-        });
+            )));
     }
     Ok(raw)
 }

@@ -27,7 +27,7 @@ pub fn classify_code(code: i32, message: String) -> StorageError {
     let backend = BACKEND;
     match code {
         // Time limits: the write may or may not have happened; retrying is safe (idempotent).
-        50 | 64 | 89 | 202 | 262 | 290 => StorageError::Timeout { backend, message },
+        50 | 64 | 89 | 202 | 262 | 290 => StorageError::timeout(backend, message),
         // The document itself is unacceptable: retrying cannot help.
         2 // BadValue
         | 9 // FailedToParse
@@ -44,10 +44,10 @@ pub fn classify_code(code: i32, message: String) -> StorageError {
         | 17280 // KeyTooLong
         | 16755 // cannot extract geo keys
         | 17419 // document too large after update
-        => StorageError::Rejected { backend, message },
+        => StorageError::rejected(backend, message),
         // Everything else — not primary, shutting down, stepping down, host unreachable, socket
         // errors, write conflicts, auth problems and unknown codes — is answered `reschedule`.
-        _ => StorageError::Unavailable { backend, message },
+        _ => StorageError::unavailable(backend, message),
     }
 }
 
@@ -57,16 +57,16 @@ pub fn classify(e: &MongoError) -> StorageError {
     let backend = BACKEND;
     match e.kind.as_ref() {
         ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-            StorageError::Timeout { backend, message }
+            StorageError::timeout(backend, message)
         }
         ErrorKind::Io(_)
         | ErrorKind::ServerSelection { .. }
         | ErrorKind::ConnectionPoolCleared { .. }
         | ErrorKind::DnsResolve { .. }
         | ErrorKind::Authentication { .. }
-        | ErrorKind::Shutdown => StorageError::Unavailable { backend, message },
+        | ErrorKind::Shutdown => StorageError::unavailable(backend, message),
         ErrorKind::InvalidArgument { .. } | ErrorKind::BsonSerialization(_) => {
-            StorageError::Rejected { backend, message }
+            StorageError::rejected(backend, message)
         }
         ErrorKind::Command(c) => classify_code(c.code, message),
         ErrorKind::Write(WriteFailure::WriteError(w)) => classify_code(w.code, message),
@@ -83,7 +83,7 @@ pub fn classify(e: &MongoError) -> StorageError {
         }) if !errors.is_empty() => classify_code(errors[0].code, message),
         // Invalid responses, internal driver errors and anything new: transient until proven
         // otherwise (the event is redelivered, not lost).
-        _ => StorageError::Unavailable { backend, message },
+        _ => StorageError::unavailable(backend, message),
     }
 }
 
@@ -91,13 +91,7 @@ pub fn classify(e: &MongoError) -> StorageError {
 pub(super) fn write_concern_error(code: i32, message: String) -> StorageError {
     let message = format!("write concern not satisfied: {message}");
     match code {
-        64 => StorageError::Timeout {
-            backend: BACKEND,
-            message,
-        },
-        _ => StorageError::Unavailable {
-            backend: BACKEND,
-            message,
-        },
+        64 => StorageError::timeout(BACKEND, message),
+        _ => StorageError::unavailable(BACKEND, message),
     }
 }

@@ -135,18 +135,16 @@ impl DriverStorage {
         let target = Target::from_settings(ds)?;
         let write_concern = parse_write_concern(&ds.write_concern)?;
         if database.is_empty() {
-            return Err(StorageError::Config {
-                backend: BACKEND,
-                message: "DB (config key `storage.database`) must not be empty".into(),
-            });
+            return Err(StorageError::config(
+                BACKEND,
+                "DB (config key `storage.database`) must not be empty",
+            ));
         }
         if ds.collection.is_empty() {
-            return Err(StorageError::Config {
-                backend: BACKEND,
-                message:
-                    "DRIVER_COLLECTION (config key `storage.driver.collection`) must not be empty"
-                        .into(),
-            });
+            return Err(StorageError::config(
+                BACKEND,
+                "DRIVER_COLLECTION (config key `storage.driver.collection`) must not be empty",
+            ));
         }
         let handle = shared_client(&target, ds).await?;
         let db = handle.client.database(database);
@@ -183,15 +181,9 @@ impl DriverStorage {
                 &target.secrets,
             );
             return Err(if auth {
-                StorageError::Config {
-                    backend: BACKEND,
-                    message,
-                }
+                StorageError::config(BACKEND, message)
             } else {
-                StorageError::Unavailable {
-                    backend: BACKEND,
-                    message,
-                }
+                StorageError::unavailable(BACKEND, message)
             });
         }
 
@@ -269,10 +261,7 @@ impl DriverStorage {
     }
 
     fn closed() -> StorageError {
-        StorageError::Unavailable {
-            backend: BACKEND,
-            message: "the driver storage is shutting down".into(),
-        }
+        StorageError::unavailable(BACKEND, "the driver storage is shutting down")
     }
 
     async fn submit(&self, docs: Vec<RawDocumentBuf>) -> Results {
@@ -287,17 +276,17 @@ impl DriverStorage {
         match rx.await {
             Ok(r) if r.len() == n => r,
             Ok(_) => vec![
-                Err(StorageError::Internal {
-                    backend: BACKEND,
-                    message: "wrong number of results from the batch writer".into(),
-                });
+                Err(StorageError::internal(
+                    BACKEND,
+                    "wrong number of results from the batch writer"
+                ));
                 n
             ],
             Err(_) => vec![
-                Err(StorageError::Unavailable {
-                    backend: BACKEND,
-                    message: "the batch writer stopped before answering".into(),
-                });
+                Err(StorageError::unavailable(
+                    BACKEND,
+                    "the batch writer stopped before answering"
+                ));
                 n
             ],
         }
@@ -339,15 +328,9 @@ async fn ensure_indexes(coll: &Collection<Document>) -> Result<(), StorageError>
             describe(&e)
         );
         if err.is_retriable() {
-            StorageError::Unavailable {
-                backend: BACKEND,
-                message,
-            }
+            StorageError::unavailable(BACKEND, message)
         } else {
-            StorageError::Config {
-                backend: BACKEND,
-                message,
-            }
+            StorageError::config(BACKEND, message)
         }
     })?;
     Ok(())
@@ -362,10 +345,10 @@ impl Storage for DriverStorage {
     async fn save(&self, doc: &EventDocument) -> Result<SaveOutcome, StorageError> {
         let raw = to_stored(doc)?;
         self.submit(vec![raw]).await.pop().unwrap_or_else(|| {
-            Err(StorageError::Internal {
-                backend: BACKEND,
-                message: "no result from the batch writer".into(),
-            })
+            Err(StorageError::internal(
+                BACKEND,
+                "no result from the batch writer",
+            ))
         })
     }
 
@@ -386,10 +369,10 @@ impl Storage for DriverStorage {
             .into_iter()
             .map(|p| match p {
                 Ok(_) => written.next().unwrap_or_else(|| {
-                    Err(StorageError::Internal {
-                        backend: BACKEND,
-                        message: "missing result from the batch writer".into(),
-                    })
+                    Err(StorageError::internal(
+                        BACKEND,
+                        "missing result from the batch writer",
+                    ))
                 }),
                 Err(e) => Err(e),
             })

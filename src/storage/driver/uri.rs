@@ -58,10 +58,10 @@ impl Target {
             });
         }
         if s.host.is_empty() {
-            return Err(StorageError::Config {
-                backend: BACKEND,
-                message: "neither MONGODB_URI (storage.driver.uri) nor DB_HOST (storage.driver.host) is set".into(),
-            });
+            return Err(StorageError::config(
+                BACKEND,
+                "neither MONGODB_URI (storage.driver.uri) nor DB_HOST (storage.driver.host) is set",
+            ));
         }
         let pw = s.password.expose();
         Ok(Target {
@@ -103,12 +103,9 @@ pub(super) fn scrub_error(e: StorageError, secrets: &[String]) -> StorageError {
 /// `DRIVER_WRITE_CONCERN`: `majority` or a number of nodes ≥ 1.
 pub fn parse_write_concern(s: &str) -> Result<WriteConcern, StorageError> {
     let err = |why: &str| {
-        StorageError::Config {
-        backend: BACKEND,
-        message: format!(
+        StorageError::config(BACKEND, format!(
             "DRIVER_WRITE_CONCERN (config key `storage.driver.write_concern`): `{s}` {why}; accepted: majority, or a number of nodes ≥ 1"
-        ),
-    }
+        ))
     };
     match s.trim() {
         "majority" => Ok(WriteConcern::majority()),

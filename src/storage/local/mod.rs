@@ -111,20 +111,11 @@ fn is_document_error(e: &rusqlite::Error) -> bool {
 pub fn sql_err(e: rusqlite::Error) -> StorageError {
     let message = e.to_string();
     if is_document_error(&e) {
-        return StorageError::Rejected {
-            backend: BACKEND,
-            message,
-        };
+        return StorageError::rejected(BACKEND, message);
     }
     match e.sqlite_error_code() {
-        Some(_) => StorageError::Unavailable {
-            backend: BACKEND,
-            message,
-        },
-        None => StorageError::Internal {
-            backend: BACKEND,
-            message,
-        },
+        Some(_) => StorageError::unavailable(BACKEND, message),
+        None => StorageError::internal(BACKEND, message),
     }
 }
 
@@ -167,17 +158,21 @@ impl LocalStorage {
     }
 
     fn open_inner(dir: &Path, read_only_writer: bool) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageError::Config {
-            backend: BACKEND,
-            message: format!(
-                "cannot create data directory {} (LOCAL_DATA_DIR): {e}",
-                dir.display()
-            ),
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StorageError::config(
+                BACKEND,
+                format!(
+                    "cannot create data directory {} (LOCAL_DATA_DIR): {e}",
+                    dir.display()
+                ),
+            )
         })?;
         let path = dir.join(FILE_NAME);
-        let open_err = |e: rusqlite::Error| StorageError::Config {
-            backend: BACKEND,
-            message: format!("cannot open {} (LOCAL_DATA_DIR): {e}", path.display()),
+        let open_err = |e: rusqlite::Error| {
+            StorageError::config(
+                BACKEND,
+                format!("cannot open {} (LOCAL_DATA_DIR): {e}", path.display()),
+            )
         };
         let write = if read_only_writer {
             Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -210,9 +205,8 @@ impl LocalStorage {
         let thread = std::thread::Builder::new()
             .name("local-storage-writer".into())
             .spawn(move || writer_loop(write, rx))
-            .map_err(|e| StorageError::Internal {
-                backend: BACKEND,
-                message: format!("cannot start writer thread: {e}"),
+            .map_err(|e| {
+                StorageError::internal(BACKEND, format!("cannot start writer thread: {e}"))
             })?;
         Ok(Self {
             path,
@@ -229,10 +223,7 @@ impl LocalStorage {
     }
 
     fn closed() -> StorageError {
-        StorageError::Unavailable {
-            backend: BACKEND,
-            message: "the store is shutting down".into(),
-        }
+        StorageError::unavailable(BACKEND, "the store is shutting down")
     }
 
     async fn submit(&self, docs: Vec<Row>) -> Vec<Result<SaveOutcome, StorageError>> {
@@ -250,13 +241,10 @@ impl LocalStorage {
         match tokio::time::timeout(self.save_timeout, wait).await {
             Ok(results) => results,
             Err(_) => {
-                let err = StorageError::Timeout {
-                    backend: BACKEND,
-                    message: format!(
+                let err = StorageError::timeout(BACKEND, format!(
                         "the SQLite writer did not answer within {} ms (database locked or the disk stalled); the document may be committed later",
                         self.save_timeout.as_millis()
-                    ),
-                };
+                    ));
                 tracing::warn!(error = %err, documents = n, "local save timed out");
                 vec![Err(err); n]
             }
@@ -267,10 +255,7 @@ impl LocalStorage {
     /// bounded by [`PING_TIMEOUT`].
     async fn probe_write(&self) -> Result<(), StorageError> {
         let Some(tx) = self.writer.lock().expect("writer lock").clone() else {
-            return Err(StorageError::Unavailable {
-                backend: BACKEND,
-                message: "the store is closed".into(),
-            });
+            return Err(StorageError::unavailable(BACKEND, "the store is closed"));
         };
         let (reply, rx) = oneshot::channel();
         let wait = async {
@@ -281,13 +266,13 @@ impl LocalStorage {
         };
         match tokio::time::timeout(PING_TIMEOUT, wait).await {
             Ok(r) => r,
-            Err(_) => Err(StorageError::Timeout {
-                backend: BACKEND,
-                message: format!(
+            Err(_) => Err(StorageError::timeout(
+                BACKEND,
+                format!(
                     "the write probe got no answer from the SQLite writer within {} ms",
                     PING_TIMEOUT.as_millis()
                 ),
-            }),
+            )),
         }
     }
 
@@ -298,10 +283,7 @@ impl LocalStorage {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || f(&reader.lock().expect("reader lock")))
             .await
-            .map_err(|e| StorageError::Internal {
-                backend: BACKEND,
-                message: format!("reader task failed: {e}"),
-            })?
+            .map_err(|e| StorageError::internal(BACKEND, format!("reader task failed: {e}")))?
             .map_err(sql_err)
     }
 }
@@ -378,10 +360,10 @@ fn commit_group(conn: &mut Connection, jobs: &[SaveJob]) -> Vec<Result<SaveOutco
                 let body = match &doc.body {
                     Ok(b) => b,
                     Err(e) => {
-                        out.push(Err(StorageError::Rejected {
-                            backend: BACKEND,
-                            message: format!("cannot encode document {}: {e}", doc.id),
-                        }));
+                        out.push(Err(StorageError::rejected(
+                            BACKEND,
+                            format!("cannot encode document {}: {e}", doc.id),
+                        )));
                         continue;
                     }
                 };
@@ -440,12 +422,7 @@ impl Storage for LocalStorage {
         self.submit(vec![Row::of(doc)])
             .await
             .pop()
-            .unwrap_or_else(|| {
-                Err(StorageError::Internal {
-                    backend: BACKEND,
-                    message: "no result from writer".into(),
-                })
-            })
+            .unwrap_or_else(|| Err(StorageError::internal(BACKEND, "no result from writer")))
     }
 
     async fn save_many(&self, docs: &[EventDocument]) -> Vec<Result<SaveOutcome, StorageError>> {

@@ -14,6 +14,7 @@ pub mod connect;
 pub mod events;
 pub mod http;
 pub mod redact;
+pub mod retry;
 pub mod sanitize;
 pub mod shutdown;
 pub mod storage;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::retry::retry_after;
 use crate::sanitize::error_chain;
 use crate::telemetry::{FetchLabels, Metrics};
 
@@ -146,24 +147,6 @@ pub struct RestSession<'a> {
     _slot: tokio::sync::SemaphorePermit<'a>,
     deadline: tokio::time::Instant,
     budget: Duration,
-}
-
-/// The wait a `Retry-After` header asks for (seconds or an HTTP date); `None` when absent or
-/// unreadable.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
 }
 
 /// One attempt's outcome.

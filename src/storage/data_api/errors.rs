@@ -2,12 +2,13 @@
 //! storage error, duplicate keys, and `Retry-After`.
 
 use super::{BACKEND, MAX_ERROR_BODY};
+pub(super) use crate::retry::retry_after as parse_retry_after;
 use crate::sanitize::{error_chain, escaped_excerpt};
 use crate::storage::StorageError;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::Value;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Why a Data API call did not succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,23 +376,6 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
-}
-
-/// `Retry-After`: delay-seconds or an HTTP date.
-pub(super) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
 }
 
 pub(super) fn decode_error(action: &str, message: &str) -> Box<ApiError> {

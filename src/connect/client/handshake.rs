@@ -14,26 +14,43 @@ use super::{Channel, Ws};
 use crate::connect::protocol::{self, Envelope, Incoming, SetupResponse};
 use crate::connect::tasks::Definitions;
 
+/// Why a connection was not set up, by phase; the message says what failed (secret-free).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// Building the upgrade request (URL, headers).
+    #[error("{0}")]
+    Request(String),
+    /// Reaching the platform: TCP, proxy, TLS, the websocket upgrade.
+    #[error("{0}")]
+    Upgrade(String),
+    /// The initial ping got no pong.
+    #[error("{0}")]
+    Ping(String),
+    /// `setup_request` / `setup_response`.
+    #[error("{0}")]
+    Setup(String),
+}
+
 impl Channel {
     /// Opens the websocket and performs the handshake (§4.1).
-    pub(super) async fn connect_and_setup(&self, url: &str) -> Result<(Ws, SetupResponse), String> {
+    pub(super) async fn connect_and_setup(
+        &self,
+        url: &str,
+    ) -> Result<(Ws, SetupResponse), HandshakeError> {
         let mut request = url
             .into_client_request()
-            .map_err(|e| format!("invalid websocket URL: {e}"))?;
+            .map_err(|e| HandshakeError::Request(format!("invalid websocket URL: {e}")))?;
         request.headers_mut().insert(
             "User-Agent",
-            self.opts
-                .user_agent
-                .parse()
-                .map_err(|_| "the User-Agent is not a valid header value".to_string())?,
+            self.opts.user_agent.parse().map_err(|_| {
+                HandshakeError::Request("the User-Agent is not a valid header value".into())
+            })?,
         );
         request.headers_mut().insert(
             "Authorization",
-            self.opts
-                .api_key
-                .expose()
-                .parse()
-                .map_err(|_| "API_KEY is not a valid header value".to_string())?,
+            self.opts.api_key.expose().parse().map_err(|_| {
+                HandshakeError::Request("API_KEY is not a valid header value".into())
+            })?,
         );
         let uri = request.uri().clone();
         let host = uri
@@ -75,12 +92,14 @@ impl Channel {
         };
         let (mut ws, _) = tokio::time::timeout(self.opts.tuning.open_timeout, open)
             .await
-            .map_err(|_| "opening handshake timed out".to_string())??;
+            .map_err(|_| "opening handshake timed out".to_string())
+            .and_then(|r| r)
+            .map_err(HandshakeError::Upgrade)?;
 
         // Initial ping; the pong must come within the handshake ping timeout (the runner: 5 s).
         ws.send(Message::Ping(Vec::new().into()))
             .await
-            .map_err(|e| format!("sending the initial ping: {e}"))?;
+            .map_err(|e| HandshakeError::Ping(format!("sending the initial ping: {e}")))?;
         let pong = async {
             loop {
                 match ws.next().await {
@@ -93,12 +112,14 @@ impl Channel {
         };
         tokio::time::timeout(self.opts.tuning.handshake_ping_timeout, pong)
             .await
-            .map_err(|_| "no pong to the initial ping".to_string())??;
+            .map_err(|_| "no pong to the initial ping".to_string())
+            .and_then(|r| r)
+            .map_err(HandshakeError::Ping)?;
 
         let frame = protocol::to_wire(&Envelope::new("setup_request", &self.shared.setup_request));
         ws.send(Message::Text(frame.into()))
             .await
-            .map_err(|e| format!("sending setup_request: {e}"))?;
+            .map_err(|e| HandshakeError::Setup(format!("sending setup_request: {e}")))?;
         let answer = async {
             loop {
                 match ws.next().await {
@@ -125,21 +146,23 @@ impl Channel {
                     "no setup_response within {} s (CONNECT_SETUP_TIMEOUT)",
                     self.opts.setup_timeout.as_secs()
                 )
-            })??;
+            })
+            .and_then(|r| r)
+            .map_err(HandshakeError::Setup)?;
         match protocol::parse_frame(&text) {
             Ok(Incoming::SetupResponse(r)) => Ok((ws, *r)),
-            Ok(other) => Err(format!(
+            Ok(other) => Err(HandshakeError::Setup(format!(
                 "expected setup_response as the first answer, got {}",
                 match other {
                     Incoming::Task(_) | Incoming::UnreadableTask(_) => "a task",
                     Incoming::Shutdown => "shutdown",
                     Incoming::SetupResponse(_) => unreachable!(),
                 }
-            )),
-            Err(e) => Err(format!(
+            ))),
+            Err(e) => Err(HandshakeError::Setup(format!(
                 "invalid setup_response ({e}): {}",
                 self.shared.scrubber.excerpt(&text)
-            )),
+            ))),
         }
     }
 

@@ -10,6 +10,7 @@
 //! | `live.rs` | `setup_response` merging and storage rebuilds from extension variables |
 //! | `proxy.rs` | HTTP(S)_PROXY / ALL_PROXY / NO_PROXY (HTTP CONNECT, SOCKS5) for the websocket and REST |
 //! | `settings.rs` | the `[connect]` settings |
+//! | `identity.rs` | the instance id, the websocket and REST endpoints, the `User-Agent` |
 //!
 //! Scrubbing frames before they are logged is [`crate::redact`] (the log shipper uses it too);
 //! the trust roots are [`crate::tls`].
@@ -18,6 +19,7 @@
 //! [`ConnectService::run`] runs them until the platform shuts both down or the stop token fires.
 
 pub mod client;
+mod identity;
 pub mod live;
 pub mod protocol;
 pub mod proxy;
@@ -38,6 +40,8 @@ use crate::http::ReadinessProbe;
 use crate::storage::SharedStorage;
 use crate::telemetry::Metrics;
 use client::{Channel, ChannelOptions, ChannelStatus, RunnerType, Shared};
+use identity::user_agent;
+pub use identity::{default_instance_id, endpoints};
 use protocol::{Repository, SetupRequest};
 
 /// Internal timings, fixed in production (the runner's values) and shortened by tests.
@@ -135,102 +139,9 @@ pub fn register_interactive_defaults(
     }
 }
 
-/// The container id as the runner derives it (`/proc/1/cpuset`, else the overlay `upperdir`
-/// in `/proc/self/mountinfo`), else a random UUID.
-pub fn default_instance_id() -> String {
-    fn hex64(s: &str) -> bool {
-        s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
-    }
-    if let Ok(cpuset) = std::fs::read_to_string("/proc/1/cpuset") {
-        let last = cpuset.trim().rsplit('/').next().unwrap_or("");
-        let last = last
-            .trim_start_matches("docker-")
-            .trim_end_matches(".scope");
-        if hex64(last) {
-            return last.to_string();
-        }
-    }
-    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
-        for line in mountinfo.lines() {
-            if let Some(pos) = line.find("upperdir=") {
-                let rest = &line[pos + "upperdir=".len()..];
-                let path = rest.split([',', ' ']).next().unwrap_or("");
-                if let Some(id) = path.split('/').find(|p| hex64(p)) {
-                    return id.to_string();
-                }
-            }
-        }
-    }
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// `(scheme, host[:port])` from an address that may carry a scheme.
-fn split_scheme(addr: &str) -> (Option<&str>, &str) {
-    match addr.split_once("://") {
-        Some((s, rest)) => (Some(s), rest.trim_end_matches('/')),
-        None => (None, addr.trim_end_matches('/')),
-    }
-}
-
-/// The websocket base URL and the REST base URL (`…/public/v1/`) from the settings.
-pub fn endpoints(settings: &Settings, instance_id: &str) -> Result<(String, String), ConnectError> {
-    let c = &settings.connect;
-    let (ws_scheme, ws_host) = split_scheme(c.server_address.trim());
-    let ws_scheme = match ws_scheme {
-        Some("ws") | Some("http") => "ws",
-        Some("wss") | Some("https") => "wss",
-        None if c.insecure => "ws",
-        None => "wss",
-        Some(other) => {
-            return Err(ConnectError::Setup(format!(
-                "SERVER_ADDRESS: scheme `{other}` is not accepted; accepted: wss://, ws://, or none (wss)"
-            )))
-        }
-    };
-    let api = if c.api_address.trim().is_empty() {
-        ws_host.to_string()
-    } else {
-        c.api_address.trim().to_string()
-    };
-    let (api_scheme, api_host) = split_scheme(&api);
-    let api_scheme = match api_scheme {
-        Some("http") | Some("ws") => "http",
-        Some("https") | Some("wss") => "https",
-        None if c.insecure || (c.api_address.trim().is_empty() && ws_scheme == "ws") => "http",
-        None => "https",
-        Some(other) => {
-            return Err(ConnectError::Setup(format!(
-                "API_ADDRESS: scheme `{other}` is not accepted; accepted: https://, http://, or none (https)"
-            )))
-        }
-    };
-    Ok((
-        format!(
-            "{ws_scheme}://{ws_host}/public/v1/devops/ws/{}/{instance_id}",
-            c.environment_id
-        ),
-        format!("{api_scheme}://{api_host}/public/v1/"),
-    ))
-}
-
 /// System trust roots, plus SSL_CERT_FILE / SSL_CERT_DIR when set ([`crate::tls`]).
 pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, ConnectError> {
     crate::tls::client_config().map_err(|e| ConnectError::Setup(format!("TLS: {e}")))
-}
-
-fn user_agent(environment_id: &str, instance_id: &str) -> String {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    format!(
-        "connect-extension-mongodb/{} Rust {}/{release} {environment_id}/{instance_id}",
-        env!("CARGO_PKG_VERSION"),
-        if cfg!(target_os = "linux") {
-            "Linux"
-        } else {
-            std::env::consts::OS
-        },
-    )
 }
 
 /// Both events channels, ready to run.

@@ -20,18 +20,23 @@
 //!   them; text frames are always UTF-8 on a websocket).
 //!
 //! Checks per input: no panic (`catch_unwind`, the first input of each distinct panic is saved);
-//! thread CPU time below `FUZZ_MAX_INPUT_MS` (default 1000) plus as much per MiB of input (CPU, not
-//! wall clock, so a loaded machine cannot make it flaky) and a watchdog aborting on a wall-clock hang of
-//! `FUZZ_HANG_SECS` (default 60); peak heap of the input (a counting global allocator, per
-//! thread) below `FUZZ_ALLOC_FACTOR` (default 64) × input size + 4 MiB; for frames that parse:
-//! a re-serialised frame parses again to the same value, a task (it always has a `task_id`)
-//! yields exactly one result frame, and that frame parses again as the same task with an
-//! `output` of a protocol result (`reschedule` countdown ≥ 30).
+//! thread CPU time below `FUZZ_MAX_INPUT_MS` (default 1000) plus as much again per MiB of input
+//! (CPU, not wall clock, so a loaded machine cannot make it flaky), and a watchdog that aborts on
+//! a wall-clock hang of `FUZZ_HANG_SECS` (default 60), saving the input; peak heap while handling
+//! the input (a counting global allocator, per thread) below `FUZZ_ALLOC_FACTOR` (default 64) ×
+//! input size + 4 MiB; for frames that parse: a re-serialised frame parses again to the same
+//! value, every task gets an output of a protocol result (`reschedule` countdown ≥ 30, a message
+//! unless `success`), and its result frame parses again as the same task carrying that output.
+//! That the channel sends exactly one result per task is checked end to end by
+//! `fuzzed_frames_through_the_real_channel_answer_every_task_once` (fuzzed frames through the
+//! real daemon against `tests/support/fake_platform.rs`).
 //!
 //! ```bash
-//! cargo test --test fuzz_protocol                       # 20,000 inputs (the CI budget)
-//! FUZZ_ITERATIONS=1000000 cargo test --release --test fuzz_protocol -- --nocapture
-//! FUZZ_SEED=7 FUZZ_ITERATIONS=200000 cargo test --test fuzz_protocol -- --nocapture
+//! cargo test --test fuzz_protocol                       # 20,000 inputs (the CI budget, ~20 s)
+//! FUZZ_ITERATIONS=1000000 cargo test --test fuzz_protocol -- --nocapture            # ~20 min CPU
+//! FUZZ_ITERATIONS=1000000 cargo test --release --test fuzz_protocol -- --nocapture  # faster run,
+//!                                                       # slow build (fat LTO)
+//! FUZZ_SEED=7 FUZZ_VERBOSE=1 FUZZ_ITERATIONS=200000 cargo test --test fuzz_protocol -- --nocapture
 //! ```
 //! Findings are written to `FUZZ_ARTIFACTS` (default `<target>/tmp/fuzz-artifacts/`).
 
@@ -43,6 +48,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod support;
 
 use arbitrary::Unstructured;
 use async_trait::async_trait;
@@ -404,8 +411,12 @@ impl Gen<'_> {
         Some(match self.n(6) {
             0 => return None,
             1 => Value::Null,
-            2 => json!({"result": result, "data": null, "countdown": 0, "runtime": 0.5, "message": null}),
-            3 => json!({"result": result, "data": null, "countdown": 0, "runtime": null, "message": null}),
+            2 => {
+                json!({"result": result, "data": null, "countdown": 0, "runtime": 0.5, "message": null})
+            }
+            3 => {
+                json!({"result": result, "data": null, "countdown": 0, "runtime": null, "message": null})
+            }
             4 => json!({"result": result, "data": null, "runtime": 0.0, "message": null}),
             5 => self.wild(0),
             _ => {
@@ -740,7 +751,7 @@ impl Handler for FuzzHandler {
             0 => Outcome::done(),
             1 => Outcome::Done {
                 document_id: Some(event.object_id.clone()),
-                duplicate: pick % 3 == 0,
+                duplicate: pick.is_multiple_of(3),
                 data: Some(event.object.clone()),
             },
             2 => Outcome::fail(format!("fuzz fail {}", event.object_id)),
@@ -943,7 +954,7 @@ fn process(sys: &mut Sut, bytes: &[u8], binary: bool) -> Seen {
                 }
                 other => panic!("a re-serialised task does not parse: {other:?}\n{wire}"),
             }
-            // The task → result path: exactly one output, one result frame, which parses again.
+            // The task → result path: an output and its result frame, which parses again.
             let service_id = sys.merged.meta.service_id.clone();
             let out: TaskOutput = sys.rt.block_on(tasks::run(
                 &sys.ctx,
@@ -951,9 +962,10 @@ fn process(sys: &mut Sut, bytes: &[u8], binary: bool) -> Seen {
                 service_id.as_deref(),
                 &task,
             ));
-            let frames = vec![result_frame(&task, out.clone())];
-            assert_eq!(frames.len(), 1);
-            check_result(&task, &out, &frames[0]);
+            // One output per task (the channel's one-result-per-task is checked end to end in
+            // `fuzzed_frames_through_the_real_channel_answer_every_task_once`).
+            let frame = result_frame(&task, out.clone());
+            check_result(&task, &out, &frame);
             // The mapping of handler outcomes to background results, on extreme outcomes.
             let countdown = task.options.task_id.len() as u64;
             let o = tasks::background_output(Outcome::reschedule(countdown, ""), 0.0);
@@ -1007,7 +1019,11 @@ fn check_result(task: &Task, out: &TaskOutput, frame: &str) {
         assert!(out.countdown >= MIN_RESCHEDULE_COUNTDOWN, "{out:?}");
     }
     if out.result != "success" {
-        assert!(out.message.is_some(), "a `{}` without a message", out.result);
+        assert!(
+            out.message.is_some(),
+            "a `{}` without a message",
+            out.result
+        );
     }
     assert!(frame.is_ascii());
     let Ok(Incoming::Task(back)) = protocol::parse_frame(frame) else {
@@ -1052,7 +1068,9 @@ fn save_artifact(name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 fn show(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(600)]).escape_debug().to_string();
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(600)])
+        .escape_debug()
+        .to_string();
     if bytes.len() > 600 {
         format!("{s}… ({} bytes)", bytes.len())
     } else {
@@ -1195,7 +1213,8 @@ fn run_fuzz(iterations: u64, seed: u64) -> (Stats, Vec<Finding>, Duration) {
                 let mut t: Value = serde_json::from_str(TASK).unwrap();
                 t["data"]["options"]["task_category"] = json!("interactive");
                 t["data"]["input"]["event_type"] = json!("asset_purchase_request_validation");
-                t["data"]["input"]["data"] = json!({"blob": "é".repeat(n / 2), "list": vec![1u8; n / 16]});
+                t["data"]["input"]["data"] =
+                    json!({"blob": "é".repeat(n / 2), "list": vec![1u8; n / 16]});
                 serde_json::to_vec(&t).unwrap()
             } else {
                 let mut b = vec![0u8; n];
@@ -1399,4 +1418,124 @@ fn fuzz_frames_and_task_results() {
             );
         }
     }
+}
+
+/// Fuzzed frames through the real channel (the daemon against the fake platform): every frame
+/// that parses as a task is answered exactly once, garbage costs nothing, and the channel stays
+/// up (a healthy task sent last is answered). Shutdown and setup_response frames are left out:
+/// they end the channel or reconfigure storage, which other tests cover.
+#[tokio::test]
+async fn fuzzed_frames_through_the_real_channel_answer_every_task_once() {
+    let inputs = env_u64("FUZZ_CHANNEL_FRAMES", 300) as usize;
+    let event_types = event_type_names();
+    let seeds = seed_texts();
+    let mut rng = StdRng::seed_from_u64(env_u64("FUZZ_SEED", 0x5EED_0009) ^ 0xC4A7);
+    let mut frames = Vec::new();
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    while frames.len() < inputs {
+        let bytes = if rng.gen_bool(0.6) {
+            let mut r = vec![0u8; rng.gen_range(0..2048)];
+            rng.fill_bytes(&mut r);
+            Gen {
+                u: Unstructured::new(&r),
+                event_types: &event_types,
+            }
+            .frame()
+            .0
+        } else {
+            let mut b = seeds[rng.gen_range(0..seeds.len())].clone();
+            mutate_bytes(&mut rng, &mut b, &seeds);
+            b
+        };
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        match protocol::parse_frame(&text) {
+            Ok(Incoming::Shutdown) | Ok(Incoming::SetupResponse(_)) => continue,
+            Ok(Incoming::Task(t)) => *expected.entry(t.options.task_id.clone()).or_default() += 1,
+            Err(_) => {}
+        }
+        frames.push(text);
+    }
+    let sentinel = "TQ-FUZZ-SENTINEL";
+    *expected.entry(sentinel.to_string()).or_default() += 1;
+    let total: usize = expected.values().sum();
+
+    let h = support::Harness::start(&[], None).await;
+    let (_bg, mut ia) = h.platform.both_channels().await;
+    for f in &frames {
+        ia.send_text(f);
+    }
+    ia.send(&support::interactive_task(
+        sentinel,
+        "asset_purchase_request_validation",
+        "PR-SENTINEL",
+        json!({"id": "PR-SENTINEL", "status": "draft"}),
+    ));
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    let mut got = 0;
+    while got < total {
+        match ia.recv_within(Duration::from_secs(30)).await {
+            Some(support::Frame::Json(v)) => {
+                assert_eq!(v["message_type"], "task", "{v}");
+                let id = v["data"]["options"]["task_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                assert!(
+                    v["data"]["output"]["result"].is_string(),
+                    "a result without output: {v}"
+                );
+                *answered.entry(id).or_default() += 1;
+                got += 1;
+            }
+            Some(support::Frame::Text(t)) => panic!("a frame that is not JSON: {t}"),
+            other => {
+                panic!("the channel ended or went silent after {got} of {total} results: {other:?}")
+            }
+        }
+    }
+    assert!(
+        ia.recv_within(Duration::from_millis(300)).await.is_none(),
+        "more results than tasks"
+    );
+    assert_eq!(answered, expected, "every task answered exactly once");
+    println!(
+        "channel: {} fuzzed frames, {total} tasks among them (sentinel included), all answered once",
+        frames.len()
+    );
+    assert!(
+        frames.len() > expected.len(),
+        "the frames include garbage between the tasks"
+    );
+    h.shutdown().await;
+}
+
+/// Found by this harness: a task frame that does not parse but names its `task_id` (here the
+/// shapes eaas-core accepts: `runtime: null`, no `countdown`) is skipped in silence today; the
+/// platform waits for an answer that never comes. Issue 9 item 2 asks for an explicit answer.
+#[tokio::test]
+#[ignore = "issue 9: a task that fails to parse but has a task_id is never answered (item 2)"]
+async fn unparsable_task_with_a_task_id_is_answered() {
+    let mut lenient: Value = serde_json::from_str(RESULT).unwrap();
+    lenient["data"]["options"]["task_id"] = json!("TQ-RUNTIME-NULL");
+    lenient["data"]["output"]["runtime"] = Value::Null;
+    let mut no_countdown: Value = serde_json::from_str(RESULT).unwrap();
+    no_countdown["data"]["options"]["task_id"] = json!("TQ-NO-COUNTDOWN");
+    no_countdown["data"]["output"]
+        .as_object_mut()
+        .unwrap()
+        .remove("countdown");
+    let mut wrong_type: Value = serde_json::from_str(TASK).unwrap();
+    wrong_type["data"]["options"]["task_id"] = json!("TQ-WRONG-TYPE");
+    wrong_type["data"]["input"]["object_id"] = json!(42);
+    let h = support::Harness::start(&[], None).await;
+    let (mut bg, _ia) = h.platform.both_channels().await;
+    for f in [&lenient, &no_countdown, &wrong_type] {
+        assert!(protocol::parse_frame(&f.to_string()).is_err());
+        bg.send(f);
+    }
+    let answered = bg.results(3).await;
+    for id in ["TQ-RUNTIME-NULL", "TQ-NO-COUNTDOWN", "TQ-WRONG-TYPE"] {
+        assert!(answered.contains_key(id), "{id} not answered");
+    }
+    h.shutdown().await;
 }

@@ -1566,3 +1566,51 @@ async fn unparsable_task_with_a_task_id_is_answered() {
     }
     h.shutdown().await;
 }
+
+/// The densest JSON for memory (`[0,0,…]` as an interactive task's `input.data`) costs a
+/// constant multiple of its size, the same at 512 KiB and 1 MiB: allocation is linear in the frame
+/// (never more), and the figures the fuzz bound rests on are printed.
+#[test]
+fn dense_frame_allocation_is_linear_in_its_size() {
+    let frame = |kib: usize| {
+        let mut t: Value = serde_json::from_str(TASK).unwrap();
+        t["data"]["options"]["task_category"] = json!("interactive");
+        t["data"]["input"]["event_type"] = json!("asset_change_request_validation");
+        serde_json::to_string(&t).unwrap().replacen(
+            "\"data\":null",
+            &format!("\"data\":[{}0]", "0,".repeat(kib << 9)),
+            1,
+        )
+    };
+    let mut sys = Sut::new();
+    let mut peaks = Vec::new();
+    for kib in [512, 1024] {
+        let text = frame(kib);
+        let (parsed, parse_peak) = with_peak(|| protocol::parse_frame(&text).is_ok());
+        assert!(parsed);
+        let (seen, peak) = with_peak(|| process(&mut sys, text.as_bytes(), false));
+        assert!(
+            seen.signature.starts_with("task:interactive:1:success"),
+            "{}",
+            seen.signature
+        );
+        println!(
+            "dense {kib} KiB frame ({} bytes): parse_frame peak {} bytes ({:.0}x), parse → \
+             tasks::run → result frame peak {} bytes ({:.0}x); size_of::<Value>() = {}",
+            text.len(),
+            parse_peak,
+            parse_peak as f64 / text.len() as f64,
+            peak,
+            peak as f64 / text.len() as f64,
+            std::mem::size_of::<Value>()
+        );
+        assert!(peak <= 256 * text.len() + (4 << 20), "{peak}");
+        peaks.push((text.len(), peak));
+    }
+    let (small, large) = (peaks[0], peaks[1]);
+    let ratio = |(len, peak): (usize, usize)| peak as f64 / len as f64;
+    assert!(
+        ratio(large) <= ratio(small) * 1.25,
+        "allocation grows faster than the frame: {peaks:?}"
+    );
+}

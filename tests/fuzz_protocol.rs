@@ -1172,6 +1172,13 @@ fn run_fuzz(iterations: u64, seed: u64) -> (Stats, Vec<Finding>, Duration) {
     let started = Instant::now();
 
     for i in 0..iterations {
+        if i % 100_000 == 0 && i > 0 {
+            eprintln!(
+                "fuzz: {i} inputs, {:.0} s, {} findings",
+                started.elapsed().as_secs_f64(),
+                findings.len()
+            );
+        }
         if i % 5000 == 0 && i > 0 {
             // A new "connection": fresh live configuration and scrubber, as after a restart.
             sys.merged = Merged::default();

@@ -72,7 +72,9 @@ pub struct Tuning {
     /// a task beyond is answered `retry` at once. One task is always admitted.
     pub waiting_task_bytes: usize,
     /// Tasks that may wait for a slot: at least this many, however small CONNECT_MAX_IN_FLIGHT
-    /// is (default 128, the queue the runner's websockets library keeps before it stops reading).
+    /// is (default 10,000; the byte bound, `waiting_task_bytes`, is what limits memory). A burst
+    /// the platform pushes at once waits rather than being answered `retry` (the runner's
+    /// websockets queue keeps 128 frames, then stops reading — and answering pings).
     pub waiting_tasks_floor: usize,
 }
 
@@ -91,7 +93,7 @@ impl Default for Tuning {
             rest_max_body_bytes: 16 * 1024 * 1024,
             proxy_env: None,
             waiting_task_bytes: 32 * 1024 * 1024,
-            waiting_tasks_floor: 128,
+            waiting_tasks_floor: 10_000,
         }
     }
 }

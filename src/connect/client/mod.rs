@@ -4,7 +4,7 @@
 //! ```text
 //!   reader loop (always reading) ──task──▶ slot free? ──▶ tokio::spawn(tasks::run) ──result──┐
 //!      ▲                                       │ no                                          │
-//!      │                      waiting queue (≤ max(max_in_flight, 128) tasks, ≤ 32 MiB)       │
+//!      │                      waiting queue (≤ 10,000 tasks, ≤ 32 MiB of frames)              │
 //!      │                                       │ full: answered `retry` at once ─────────────┤
 //!      └──────────────────── websocket ◀── writer task (control first, then oldest) ◀ Outbox ┘
 //! ```

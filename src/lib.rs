@@ -13,10 +13,13 @@ pub mod config;
 pub mod connect;
 pub mod events;
 pub mod http;
+pub mod redact;
+pub mod retry;
 pub mod sanitize;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,7 +81,12 @@ impl App {
         let storage = storage::connect(&settings).await?;
         tracing::info!(backend = storage.name(), "storage connected");
         let storage = Arc::new(SharedStorage::new(storage));
-        let mut registry = events::default_registry(&settings, storage.clone(), metrics.clone())?;
+        let mut registry = events::default_registry(
+            &settings.events,
+            &settings.storage,
+            storage.clone(),
+            metrics.clone(),
+        )?;
         if let Some(hook) = options.registry_hook {
             hook(&mut registry, &storage, &metrics);
         }

@@ -42,6 +42,23 @@ pub fn escaped_excerpt(s: &str, max: usize) -> String {
     out
 }
 
+/// The error chain of `e`, one cause after another (`e: cause: cause…`), for messages: reqwest and
+/// the like hide the interesting part in the sources. The one place that walks a cause chain. With
+/// `skip_repeats`, a cause whose text the message already holds is left out.
+pub fn error_chain(e: &dyn std::error::Error, skip_repeats: bool) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !(skip_repeats && s.contains(&msg)) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

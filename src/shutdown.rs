@@ -8,6 +8,13 @@ use std::time::Duration;
 
 pub use tokio_util::sync::CancellationToken;
 
+/// The shutdown settings (`[shutdown]`).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct Settings {
+    /// Seconds.
+    pub grace: u64,
+}
+
 /// A token cancelled when the process receives SIGINT or SIGTERM.
 pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();

@@ -13,7 +13,7 @@
 //! service once a `setup_response` carries a `logging_api_key`, at the platform's levels, without
 //! ever blocking the logging task; the stderr layer above is unaffected.
 //!
-//! Metric labels come only from known values ([`event_type_label`], [`status_label`]): a value
+//! Metric labels come only from known values (`event_type_label`, `status_label`, with the events): a value
 //! from outside (an HTTP body, a frame) never becomes a label, so it can neither forge an
 //! exposition line nor grow the number of series.
 
@@ -34,10 +34,10 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
-use crate::events::{Event, EventType, Outcome, Status};
-
+pub mod settings;
 pub mod ship;
+
+pub use settings::{LogFormat, Settings};
 
 /// Log targets (and everything below them) that print requests, frames or commands whole at
 /// `debug`/`trace`; they are never logged above [`TRAFFIC_CAP`].
@@ -120,47 +120,11 @@ pub fn init(format: LogFormat) {
     }
 }
 
-/// The metric label of an event type: its name when this build knows it, else `other`.
-pub fn event_type_label(event_type: &EventType) -> String {
-    match event_type {
-        EventType::Other(_) => "other".to_string(),
-        known => known.as_str().to_string(),
-    }
-}
-
-/// [`event_type_label`] of an event type name from outside (a frame, a body).
-pub fn event_type_label_of(name: &str) -> String {
-    match name.parse::<EventType>() {
-        Ok(t) => event_type_label(&t),
-        Err(never) => match never {},
-    }
-}
-
-/// The metric label of a status: its name when this build knows it, else `other` (empty when
-/// the object has no status).
-pub fn status_label(status: Option<&Status>) -> String {
-    match status {
-        None => String::new(),
-        Some(Status::Other(_)) => "other".to_string(),
-        Some(known) => known.as_str().to_string(),
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event_type: String,
     pub status: String,
     pub source: String,
-}
-
-impl EventLabels {
-    pub fn of(event: &Event) -> Self {
-        EventLabels {
-            event_type: event_type_label(&event.event_type),
-            status: status_label(event.status.as_ref()),
-            source: event.source.as_str().to_string(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -336,7 +300,8 @@ impl Metrics {
         out
     }
 
-    pub fn count_event(&self, labels: &EventLabels, outcome: &Outcome) {
+    /// Counts an event received and its result (`Outcome::result_name`).
+    pub fn count_event(&self, labels: &EventLabels, result: &str) {
         let l = labels.clone();
         self.events_received.get_or_create(&l).inc();
         self.events_outcome
@@ -344,7 +309,7 @@ impl Metrics {
                 event_type: l.event_type,
                 status: l.status,
                 source: l.source,
-                result: outcome.result_name().to_string(),
+                result: result.to_string(),
             })
             .inc();
     }
@@ -415,34 +380,6 @@ mod tests {
         });
         let out = buffer.0.lock().unwrap().clone();
         String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn labels_come_only_from_known_values() {
-        use crate::events::Source;
-        let forged = "pending\"} 1\nconnect_ext_forged_total 1\n# EOF";
-        let mut event = Event::new(
-            "asset_purchase_request_processing".parse().unwrap(),
-            "PR-1",
-            serde_json::json!({"id": "PR-1", "status": forged}),
-            Source::Http,
-        );
-        let labels = EventLabels::of(&event);
-        assert_eq!(labels.status, "other");
-        assert_eq!(labels.event_type, "asset_purchase_request_processing");
-        event.event_type = "made_up\"} 1\n".parse().unwrap();
-        event.status = Some(Status::Pending);
-        let labels = EventLabels::of(&event);
-        assert_eq!(labels.event_type, "other");
-        assert_eq!(labels.status, "pending");
-        let metrics = Metrics::new();
-        metrics.count_event(&labels, &Outcome::skip("x"));
-        let text = metrics.encode();
-        assert!(
-            !text.contains("forged") && !text.contains("made_up"),
-            "{text}"
-        );
-        assert_eq!(status_label(None), "");
     }
 
     #[test]

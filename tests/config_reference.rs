@@ -303,7 +303,7 @@ fn generate_env_example(r: &Reference) -> String {
     let mut out = String::from(
         "# connect-extension-mongodb — environment for `docker compose` (copy to .env: `cp .env.example .env`).
 #
-# GENERATED from config/default.toml and src/config.rs ENV_VARS by tests/config_reference.rs;
+# GENERATED from config/default.toml and src/config/env.rs ENV_VARS by tests/config_reference.rs;
 # regenerate with: UPDATE_CONFIG_REFERENCE=1 cargo test --test config_reference
 #
 # Format: plain KEY=value lines, no quotes, no `export` (docker-compose 1.x takes values literally).

@@ -381,9 +381,9 @@ async fn server_errors_are_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lasting_outage_is_answered_reschedule_and_nothing_is_lost() {
-    use connect_extension_mongodb::config::IdStrategy;
     use connect_extension_mongodb::events::persist::PersistHandler;
     use connect_extension_mongodb::events::{Event, EventType, Handler, Outcome, Source};
+    use connect_extension_mongodb::storage::IdStrategy;
     use connect_extension_mongodb::storage::SharedStorage;
     use connect_extension_mongodb::telemetry::Metrics;
 

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use connect_extension_mongodb::config::IdStrategy;
 use connect_extension_mongodb::events::persist::PersistHandler;
 use connect_extension_mongodb::events::{Event, EventType, Handler, Outcome, Source};
 use connect_extension_mongodb::storage::conformance::{self as c, sample_doc};
 use connect_extension_mongodb::storage::driver::{encode_credential, DriverStorage};
 use connect_extension_mongodb::storage::fanout::FanOut;
 use connect_extension_mongodb::storage::local::LocalStorage;
+use connect_extension_mongodb::storage::IdStrategy;
 use connect_extension_mongodb::storage::{
     EventDocument, SaveOutcome, SharedStorage, Storage, StorageError,
 };

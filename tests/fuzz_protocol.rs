@@ -62,13 +62,13 @@ use connect_extension_mongodb::connect::live::Merged;
 use connect_extension_mongodb::connect::protocol::{
     self, Envelope, FrameError, Incoming, Task, TaskOutput,
 };
-use connect_extension_mongodb::connect::redact::{Scrubber, EXCERPT_BYTES};
 use connect_extension_mongodb::connect::rest::Rest;
 use connect_extension_mongodb::connect::tasks::{self, Definitions, TaskContext};
 use connect_extension_mongodb::events::validation::EchoValidation;
 use connect_extension_mongodb::events::{
     Event, EventType, Handler, Outcome, Registry, Status, MIN_RESCHEDULE_COUNTDOWN,
 };
+use connect_extension_mongodb::redact::{Scrubber, EXCERPT_BYTES};
 use connect_extension_mongodb::telemetry::Metrics;
 use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 

@@ -495,7 +495,7 @@ fn capture_logs() {
     INIT.get_or_init(|| {
         let _ = tracing_subscriber::registry()
             .with(connect_extension_mongodb::telemetry::log_layer(
-                connect_extension_mongodb::config::LogFormat::Text,
+                connect_extension_mongodb::telemetry::LogFormat::Text,
                 || Capture,
                 false,
                 tracing_subscriber::EnvFilter::new("connect_extension_mongodb=debug,info"),

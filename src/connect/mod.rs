@@ -4,25 +4,30 @@
 //! | file | what |
 //! |---|---|
 //! | `protocol.rs` | wire types (serde only) and the Python `json.dumps` layout |
-//! | `client.rs` | one channel: connect, handshake, read, results, keepalive, reconnect, drain |
+//! | `client/` | one channel: the connection loop, keepalive, reconnect (`mod.rs`); `handshake.rs` (upgrade, setup); `reader.rs` (frames, admission); `outbox.rs` (results, writer); `inflight.rs` (slots, waiting queue, drain) |
 //! | `tasks.rs` | one task: status gate + fetch + registry, or interactive, or scheduled |
 //! | `rest.rs` | the Connect REST calls (count, object) |
 //! | `live.rs` | `setup_response` merging and storage rebuilds from extension variables |
 //! | `proxy.rs` | HTTP(S)_PROXY / ALL_PROXY / NO_PROXY (HTTP CONNECT, SOCKS5) for the websocket and REST |
-//! | `redact.rs` | scrubbing frames before they are logged |
+//! | `settings.rs` | the `[connect]` settings |
+//! | `identity.rs` | the instance id, the websocket and REST endpoints, the `User-Agent` |
+//!
+//! Scrubbing frames before they are logged is [`crate::redact`] (the log shipper uses it too);
+//! the trust roots are [`crate::tls`].
 //!
 //! [`ConnectService::build`] prepares both channels (`background`, `interactive`);
 //! [`ConnectService::run`] runs them until the platform shuts both down or the stop token fires.
 
 pub mod client;
+mod identity;
 pub mod live;
 pub mod protocol;
 pub mod proxy;
-pub mod redact;
 pub mod rest;
+pub mod settings;
 pub mod tasks;
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -35,6 +40,8 @@ use crate::http::ReadinessProbe;
 use crate::storage::SharedStorage;
 use crate::telemetry::Metrics;
 use client::{Channel, ChannelOptions, ChannelStatus, RunnerType, Shared};
+use identity::user_agent;
+pub use identity::{default_instance_id, endpoints};
 use protocol::{Repository, SetupRequest};
 
 /// Internal timings, fixed in production (the runner's values) and shortened by tests.
@@ -134,135 +141,9 @@ pub fn register_interactive_defaults(
     }
 }
 
-/// The container id as the runner derives it (`/proc/1/cpuset`, else the overlay `upperdir`
-/// in `/proc/self/mountinfo`), else a random UUID.
-pub fn default_instance_id() -> String {
-    fn hex64(s: &str) -> bool {
-        s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
-    }
-    if let Ok(cpuset) = std::fs::read_to_string("/proc/1/cpuset") {
-        let last = cpuset.trim().rsplit('/').next().unwrap_or("");
-        let last = last
-            .trim_start_matches("docker-")
-            .trim_end_matches(".scope");
-        if hex64(last) {
-            return last.to_string();
-        }
-    }
-    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
-        for line in mountinfo.lines() {
-            if let Some(pos) = line.find("upperdir=") {
-                let rest = &line[pos + "upperdir=".len()..];
-                let path = rest.split([',', ' ']).next().unwrap_or("");
-                if let Some(id) = path.split('/').find(|p| hex64(p)) {
-                    return id.to_string();
-                }
-            }
-        }
-    }
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// `(scheme, host[:port])` from an address that may carry a scheme.
-fn split_scheme(addr: &str) -> (Option<&str>, &str) {
-    match addr.split_once("://") {
-        Some((s, rest)) => (Some(s), rest.trim_end_matches('/')),
-        None => (None, addr.trim_end_matches('/')),
-    }
-}
-
-/// The websocket base URL and the REST base URL (`…/public/v1/`) from the settings.
-pub fn endpoints(settings: &Settings, instance_id: &str) -> Result<(String, String), ConnectError> {
-    let c = &settings.connect;
-    let (ws_scheme, ws_host) = split_scheme(c.server_address.trim());
-    let ws_scheme = match ws_scheme {
-        Some("ws") | Some("http") => "ws",
-        Some("wss") | Some("https") => "wss",
-        None if c.insecure => "ws",
-        None => "wss",
-        Some(other) => {
-            return Err(ConnectError::Setup(format!(
-                "SERVER_ADDRESS: scheme `{other}` is not accepted; accepted: wss://, ws://, or none (wss)"
-            )))
-        }
-    };
-    let api = if c.api_address.trim().is_empty() {
-        ws_host.to_string()
-    } else {
-        c.api_address.trim().to_string()
-    };
-    let (api_scheme, api_host) = split_scheme(&api);
-    let api_scheme = match api_scheme {
-        Some("http") | Some("ws") => "http",
-        Some("https") | Some("wss") => "https",
-        None if c.insecure || (c.api_address.trim().is_empty() && ws_scheme == "ws") => "http",
-        None => "https",
-        Some(other) => {
-            return Err(ConnectError::Setup(format!(
-                "API_ADDRESS: scheme `{other}` is not accepted; accepted: https://, http://, or none (https)"
-            )))
-        }
-    };
-    Ok((
-        format!(
-            "{ws_scheme}://{ws_host}/public/v1/devops/ws/{}/{instance_id}",
-            c.environment_id
-        ),
-        format!("{api_scheme}://{api_host}/public/v1/"),
-    ))
-}
-
-/// System trust roots, plus SSL_CERT_FILE / SSL_CERT_DIR when set.
+/// System trust roots, plus SSL_CERT_FILE / SSL_CERT_DIR when set ([`crate::tls`]).
 pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, ConnectError> {
-    static PROVIDER: Once = Once::new();
-    PROVIDER.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-    let mut roots = rustls::RootCertStore::empty();
-    // With SSL_CERT_FILE/DIR set, rustls-native-certs loads only those; add the system bundle too.
-    let mut certs = rustls_native_certs::load_native_certs().certs;
-    if std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some() {
-        for path in [
-            "/etc/ssl/certs/ca-certificates.crt",
-            "/etc/pki/tls/certs/ca-bundle.crt",
-            "/etc/ssl/ca-bundle.pem",
-            "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-            "/etc/ssl/cert.pem",
-        ] {
-            let p = std::path::Path::new(path);
-            if p.exists() {
-                certs.extend(rustls_native_certs::load_certs_from_paths(Some(p), None).certs);
-                break;
-            }
-        }
-    }
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        tracing::warn!("no trusted root certificates found: wss:// and https:// connections will fail (set SSL_CERT_FILE)");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ConnectError::Setup(format!("TLS: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-fn user_agent(environment_id: &str, instance_id: &str) -> String {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    format!(
-        "connect-extension-mongodb/{} Rust {}/{release} {environment_id}/{instance_id}",
-        env!("CARGO_PKG_VERSION"),
-        if cfg!(target_os = "linux") {
-            "Linux"
-        } else {
-            std::env::consts::OS
-        },
-    )
+    crate::tls::client_config().map_err(|e| ConnectError::Setup(format!("TLS: {e}")))
 }
 
 /// Both events channels, ready to run.
@@ -328,7 +209,7 @@ impl ConnectService {
             .build()
             .map_err(|e| ConnectError::Setup(format!("HTTP client: {e}")))?;
 
-        let scrubber = Arc::new(redact::Scrubber::new());
+        let scrubber = Arc::new(crate::redact::Scrubber::new());
         for s in [
             c.api_key.expose(),
             settings.storage.data_api.api_key.expose(),
@@ -426,8 +307,8 @@ impl ConnectService {
             })
             .collect();
         tracing::info!(
-            websocket = %crate::config::redact_url(&ws_base),
-            rest = %crate::config::redact_url(&rest_base),
+            websocket = %crate::config::secret::redact_url(&ws_base),
+            rest = %crate::config::secret::redact_url(&rest_base),
             instance_id = %instance_id,
             proxy = ?proxy,
             "Connect channel configured"
@@ -504,104 +385,4 @@ pub(crate) async fn supervise(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(vars: &[(&str, &str)]) -> Settings {
-        let map: std::collections::HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::load_with(None, move |k| map.get(k).cloned()).unwrap()
-    }
-
-    #[test]
-    fn endpoint_schemes() {
-        let s = settings(&[("ENVIRONMENT_ID", "ENV-1"), ("API_KEY", "k")]);
-        assert_eq!(
-            endpoints(&s, "I").unwrap(),
-            (
-                "wss://api.cnct.info/public/v1/devops/ws/ENV-1/I".into(),
-                "https://api.cnct.info/public/v1/".into()
-            )
-        );
-        let s = settings(&[
-            ("ENVIRONMENT_ID", "ENV-1"),
-            ("SERVER_ADDRESS", "ws://127.0.0.1:9000"),
-            ("API_ADDRESS", "http://127.0.0.1:9001"),
-        ]);
-        assert_eq!(
-            endpoints(&s, "I").unwrap(),
-            (
-                "ws://127.0.0.1:9000/public/v1/devops/ws/ENV-1/I".into(),
-                "http://127.0.0.1:9001/public/v1/".into()
-            )
-        );
-        let s = settings(&[("SERVER_ADDRESS", "h:1"), ("CONNECT_INSECURE", "true")]);
-        let (ws, api) = endpoints(&s, "I").unwrap();
-        assert!(ws.starts_with("ws://h:1/") && api == "http://h:1/public/v1/");
-        let s = settings(&[("SERVER_ADDRESS", "ftp://h")]);
-        assert!(endpoints(&s, "I")
-            .unwrap_err()
-            .to_string()
-            .contains("SERVER_ADDRESS"));
-    }
-
-    fn status(runner_type: RunnerType) -> Arc<ChannelStatus> {
-        Arc::new(ChannelStatus::new(runner_type))
-    }
-
-    /// A panicked channel task is a failure: the other channel is stopped, both statuses say
-    /// why, and the result is an error (the daemon exits non-zero).
-    #[tokio::test]
-    async fn a_panicked_channel_stops_the_other_and_is_an_error() {
-        let stop = CancellationToken::new();
-        let (bg, ia) = (
-            status(RunnerType::Background),
-            status(RunnerType::Interactive),
-        );
-        ia.set_ready_for_test();
-        let waiting = {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                false
-            })
-        };
-        let panicking = tokio::spawn(async {
-            tokio::task::yield_now().await;
-            panic!("channel blew up");
-        });
-        let r = tokio::time::timeout(
-            Duration::from_secs(10),
-            supervise(
-                vec![(bg.clone(), panicking), (ia.clone(), waiting)],
-                stop.clone(),
-            ),
-        )
-        .await
-        .expect("supervise must not wait for the healthy channel forever");
-        let e = r.unwrap_err().to_string();
-        assert!(e.contains("background channel task panicked"), "{e}");
-        assert!(stop.is_cancelled());
-        assert!(!bg.is_ready());
-        assert!(bg.problem().contains("panicked"), "{}", bg.problem());
-        // Two clean ends: the platform's shutdown on both → Ok(true).
-        let done = |v: bool| tokio::spawn(async move { v });
-        let r = supervise(
-            vec![
-                (status(RunnerType::Background), done(true)),
-                (status(RunnerType::Interactive), done(true)),
-            ],
-            CancellationToken::new(),
-        )
-        .await;
-        assert!(r.unwrap());
-    }
-
-    #[test]
-    fn instance_id_is_stable_or_uuid() {
-        let a = default_instance_id();
-        assert!(a.len() == 64 || a.len() == 36, "{a}");
-    }
-}
+mod tests;

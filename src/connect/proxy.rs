@@ -12,7 +12,7 @@
 //!
 //! The variables are read through a function (the process environment in production, a map in
 //! tests). Proxy credentials are secrets: `Debug`, logs and errors show the proxy only through
-//! [`crate::config::redact_url`].
+//! [`crate::config::secret::redact_url`].
 
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,7 +45,7 @@ pub struct ProxyUrl {
 impl ProxyUrl {
     /// The proxy as logs may show it (credentials redacted).
     pub fn redacted(&self) -> String {
-        crate::config::redact_url(&self.url)
+        crate::config::secret::redact_url(&self.url)
     }
 }
 
@@ -95,7 +95,7 @@ fn parse(var: &'static str, value: &str) -> Result<ProxyUrl, String> {
     let url = url::Url::parse(&with_scheme).map_err(|e| {
         format!(
             "{var} is not a proxy URL ({e}): {}",
-            crate::config::redact_url(value)
+            crate::config::secret::redact_url(value)
         )
     })?;
     let scheme = match url.scheme() {
@@ -105,7 +105,7 @@ fn parse(var: &'static str, value: &str) -> Result<ProxyUrl, String> {
         other => {
             return Err(format!(
                 "{var}: `{other}://` proxies are not supported (use http://, socks5:// or socks5h://): {}",
-                crate::config::redact_url(value)
+                crate::config::secret::redact_url(value)
             ))
         }
     };
@@ -115,7 +115,7 @@ fn parse(var: &'static str, value: &str) -> Result<ProxyUrl, String> {
         .ok_or_else(|| {
             format!(
                 "{var} names no proxy host: {}",
-                crate::config::redact_url(value)
+                crate::config::secret::redact_url(value)
             )
         })?
         .trim_matches(['[', ']'])

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::retry::retry_after;
+use crate::sanitize::error_chain;
 use crate::telemetry::{FetchLabels, Metrics};
 
 /// A REST failure, described without credentials.
@@ -77,24 +79,9 @@ async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) => return Err(BodyError::Network(error_chain(&e.without_url()))),
+            Err(e) => return Err(BodyError::Network(error_chain(&e.without_url(), true))),
         }
     }
-}
-
-/// The error chain of `e`, one cause after another (reqwest hides the interesting part in sources).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let msg = c.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 impl Rest {
@@ -162,24 +149,6 @@ pub struct RestSession<'a> {
     budget: Duration,
 }
 
-/// The wait a `Retry-After` header asks for (seconds or an HTTP date); `None` when absent or
-/// unreadable.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 /// One attempt's outcome.
 enum Attempt {
     Ok(reqwest::header::HeaderMap, Vec<u8>, Option<Value>),
@@ -227,7 +196,7 @@ impl RestSession<'_> {
                             outcome: "error".into(),
                             retriable: true,
                             wait: None,
-                            err: network(error_chain(&e.without_url())),
+                            err: network(error_chain(&e.without_url(), true)),
                         }
                     }
                 };

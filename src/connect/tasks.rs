@@ -26,7 +26,7 @@ pub struct TaskContext {
     pub registry: Arc<Registry>,
     pub rest: Rest,
     /// The platform key (API_KEY); an installation key in the task wins.
-    pub api_key: crate::config::Secret,
+    pub api_key: crate::config::secret::Secret,
     /// Answers validation tasks no registered handler claims.
     pub fallback_validation: Arc<dyn Handler>,
     pub background_timeout: Duration,

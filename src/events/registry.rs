@@ -251,7 +251,7 @@ impl Registry {
 
     fn record(&self, labels: &EventLabels, object_id: &str, outcome: &Outcome) {
         if let Some(m) = &self.metrics {
-            m.count_event(labels, outcome);
+            m.count_event(labels, outcome.result_name());
         }
         let event_type = &labels.event_type;
         // Object ids and messages may come from outside (a frame, an HTTP body): escaped.

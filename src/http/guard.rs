@@ -27,16 +27,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::settings::{parse_allow_list, split_authority, Allowed, Settings as HttpSettings};
 use super::ApiError;
-use crate::config::HttpSettings;
 use crate::sanitize::escaped_excerpt;
-
-/// One `HTTP_ALLOWED_HOSTS` entry: a lower-case host name or address, and a port when given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Allowed {
-    host: String,
-    port: Option<u16>,
-}
 
 /// Which `Host` values `/events…` accepts.
 #[derive(Debug, Clone, Default)]
@@ -44,34 +37,6 @@ pub struct HostPolicy {
     /// Off: any Host (a token guards the listener and no allow-list is set, or `*`).
     enforce: bool,
     allowed: Vec<Allowed>,
-}
-
-/// `host[:port]`, `[v6]:port` → (lower-case host without brackets, port).
-fn split_authority(value: &str) -> Option<(String, Option<u16>)> {
-    let value = value.trim();
-    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']')?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':')?),
-        };
-        (inside, port)
-    } else {
-        match value.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (value, None),
-        }
-    };
-    let port = match port {
-        None => None,
-        Some(p) => Some(p.parse::<u16>().ok()?),
-    };
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    let valid = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
-    valid.then_some((host, port))
 }
 
 /// A name only the machine itself answers to: `localhost`, a loopback address, or the
@@ -85,22 +50,10 @@ fn is_loopback(host: &str) -> bool {
 }
 
 impl HostPolicy {
-    /// Parses `HTTP_ALLOWED_HOSTS` (comma-separated); `Ok(None)` for `*`.
+    /// Parses `HTTP_ALLOWED_HOSTS` (comma-separated); `Ok(None)` for `*` (the syntax is the
+    /// setting's own: [`parse_allow_list`]).
     pub(crate) fn parse_allow_list(list: &str) -> Result<Option<Vec<Allowed>>, String> {
-        let mut out = Vec::new();
-        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            if entry == "*" {
-                return Ok(None);
-            }
-            let (host, port) = split_authority(entry).ok_or_else(|| {
-                format!(
-                    "`{}` is not a host name, address or name:port (e.g. events.example.com, 10.0.0.5:8080, [fd00::1])",
-                    escaped_excerpt(entry, 100)
-                )
-            })?;
-            out.push(Allowed { host, port });
-        }
-        Ok(Some(out))
+        parse_allow_list(list)
     }
 
     pub fn from_settings(http: &HttpSettings) -> Self {
@@ -180,7 +133,7 @@ pub fn is_json(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::config::secret::Secret;
 
     fn policy(list: &str, token: &str) -> HostPolicy {
         let mut http = crate::config::Settings::from_vars([("HTTP_LISTEN", "127.0.0.1:0")])

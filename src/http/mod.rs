@@ -17,9 +17,11 @@
 mod guard;
 mod ingest;
 mod serve;
+pub mod settings;
 
 pub use guard::HostPolicy;
-pub use serve::{check_settings, serve, ServeLimits};
+pub use serve::{serve, ServeLimits};
+pub use settings::{check_settings, Settings};
 
 use std::sync::Arc;
 
@@ -31,11 +33,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::config::{HttpSettings, Secret};
+use crate::config::secret::Secret;
 use crate::events::Registry;
 use crate::sanitize::escaped_excerpt;
 use crate::storage::{ListQuery, SharedStorage, StorageError};
 use crate::telemetry::Metrics;
+use settings::Settings as HttpSettings;
 
 /// Readiness of the parts beyond storage (the Connect channels), reported by their owners.
 pub trait ReadinessProbe: Send + Sync + 'static {

@@ -26,7 +26,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::{env_name_for, ConfigError, HttpSettings};
+use super::settings::Settings as HttpSettings;
 
 /// Bounds of the accept loop and of request bodies, from [`HttpSettings`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,22 +56,6 @@ impl ServeLimits {
                 .clamp(*MAX_CONNECTIONS_RANGE.start(), *MAX_CONNECTIONS_RANGE.end()),
         }
     }
-}
-
-fn setting_error(key: &str, message: impl std::fmt::Display) -> ConfigError {
-    match env_name_for(key) {
-        Some(env) => ConfigError(format!("{env} (config key `{key}`): {message}")),
-        None => ConfigError(format!("config key `{key}`: {message}")),
-    }
-}
-
-/// Syntax checks of the HTTP listener's own settings (called by `Settings::validate`; the
-/// numeric ranges are in `Settings::bounds`, which must agree with [`TIMEOUT_MS_RANGE`] and
-/// [`MAX_CONNECTIONS_RANGE`]).
-pub fn check_settings(http: &HttpSettings) -> Result<(), ConfigError> {
-    super::guard::HostPolicy::parse_allow_list(&http.allowed_hosts)
-        .map_err(|e| setting_error("http.allowed_hosts", e))?;
-    Ok(())
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves, then closes the

@@ -15,9 +15,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
-use super::{EventDocument, ListQuery, SaveOutcome, Storage};
-use crate::config::IdStrategy;
-use crate::events::{Event, EventType, Source};
+use super::{EventDocument, ListQuery, Provenance, SaveOutcome, Storage};
 
 fn unique(prefix: &str) -> String {
     format!(
@@ -36,14 +34,17 @@ pub fn sample_doc(object_id: &str, status: &str, updated: &str) -> EventDocument
         "asset": {"id": "AS-1", "items": [{"id": "PRD-1-0001", "quantity": "5"}], "params": []},
         "note": "",
     });
-    let event = Event::new(
-        EventType::AssetPurchaseRequestProcessing,
+    // As the persist handler stores an HTTP event with the `state` id strategy.
+    let task_id = unique("TQ");
+    let meta = Provenance {
+        event_type: "asset_purchase_request_processing",
+        status,
         object_id,
-        object,
-        Source::Http,
-    )
-    .with_task_id(unique("TQ"));
-    EventDocument::from_event(&event, IdStrategy::State)
+        task_id: Some(&task_id),
+        source: "http",
+        received_at: OffsetDateTime::now_utc(),
+    };
+    EventDocument::new(format!("{object_id}:{status}:{updated}"), meta, object)
 }
 
 fn with_time(mut doc: EventDocument, event_type: &str, secs_ago: i64) -> EventDocument {

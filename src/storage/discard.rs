@@ -79,14 +79,14 @@ mod tests {
         let s = Settings::load_with(None, env(&[("STORAGE_BACKENDS", "none")])).unwrap();
         assert_eq!(
             s.storage.backend_list().unwrap(),
-            vec![crate::config::BackendKind::Discard]
+            vec![crate::storage::BackendKind::Discard]
         );
         let s = Settings::load_with(None, env(&[])).unwrap();
         assert!(!s
             .storage
             .backend_list()
             .unwrap()
-            .contains(&crate::config::BackendKind::Discard));
+            .contains(&crate::storage::BackendKind::Discard));
         let built = crate::storage::connect(
             &Settings::load_with(None, env(&[("STORAGE_BACKENDS", "none")])).unwrap(),
         )

@@ -78,11 +78,10 @@ impl Storage for FanOut {
                         .iter_mut()
                         .map(|it| {
                             it.next().unwrap_or_else(|| {
-                                Err(StorageError::Internal {
-                                    backend: "fanout",
-                                    message: "a backend returned fewer results than documents"
-                                        .into(),
-                                })
+                                Err(StorageError::internal(
+                                    "fanout",
+                                    "a backend returned fewer results than documents",
+                                ))
                             })
                         })
                         .collect(),

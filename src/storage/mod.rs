@@ -2,9 +2,9 @@
 //!
 //! | backend    | file          | idempotent save | bulk            | durability                        |
 //! |------------|---------------|-----------------|-----------------|-----------------------------------|
-//! | `local`    | `local.rs`    | yes (`_id` PK)  | one transaction | SQLite WAL, `synchronous=FULL`    |
-//! | `driver`   | `driver.rs`   | yes (E11000)    | `insert_many`   | write concern (default majority)  |
-//! | `data_api` | `data_api.rs` | yes (dup. key)  | `insertMany`    | whatever the gateway's cluster has |
+//! | `local`    | `local/`      | yes (`_id` PK)  | one transaction | SQLite WAL, `synchronous=FULL`    |
+//! | `driver`   | `driver/`     | yes (E11000)    | `insert_many`   | write concern (default majority)  |
+//! | `data_api` | `data_api/`   | yes (dup. key)  | `insertMany`    | whatever the gateway's cluster has |
 //! | `none`     | `discard.rs`  | —               | —               | none: keeps nothing (benchmarks only) |
 //!
 //! **Document shape.** The Connect object exactly as received or fetched (the tutorial stores the
@@ -15,9 +15,11 @@
 //! document already there; backends report that as [`SaveOutcome::Duplicate`], which callers count
 //! as success.
 //!
-//! **Errors.** [`StorageError::is_retriable`] is the one place that decides whether an event is
-//! answered `reschedule` (transient: try again later, nothing lost) or `fail` (permanent). Only
-//! [`StorageError::Rejected`] — about this document — is permanent.
+//! **Errors.** A [`StorageError`] has a backend, a message and an [`ErrorKind`];
+//! [`ErrorKind::is_retriable`] is the one place that decides whether an event is answered
+//! `reschedule` (transient: try again later, nothing lost) or `fail` (permanent). Only
+//! [`ErrorKind::RejectedDocument`] ([`StorageError::Rejected`]) — about this document — is
+//! permanent. Backends build errors with the constructors (`StorageError::unavailable(…)`, …).
 //!
 //! **Health.** [`SharedStorage`] keeps one health state fed by every save result and every
 //! readiness ping ([`SharedStorage::ping`]): the change healthy → failing is logged at ERROR once,
@@ -29,8 +31,10 @@ pub mod conformance;
 pub mod data_api;
 pub mod discard;
 pub mod driver;
+mod error;
 pub mod fanout;
 pub mod local;
+pub mod settings;
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -39,8 +43,9 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
-use crate::config::{BackendKind, IdStrategy, Settings};
-use crate::events::Event;
+use crate::config::error::ConfigError;
+pub use error::{ErrorKind, StorageError};
+pub use settings::{BackendKind, IdStrategy, Settings};
 
 /// The reserved top-level key holding our metadata.
 pub const META_KEY: &str = "_connect";
@@ -57,30 +62,30 @@ pub struct EventDocument {
     pub body: Map<String, Value>,
 }
 
+/// What `_connect` records about the event a document comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct Provenance<'a> {
+    pub event_type: &'a str,
+    pub status: &'a str,
+    pub object_id: &'a str,
+    pub task_id: Option<&'a str>,
+    pub source: &'a str,
+    pub received_at: OffsetDateTime,
+}
+
 impl EventDocument {
-    /// Builds the stored form of `event` (copying the object). A non-object payload is kept
-    /// under `object`.
-    pub fn from_event(event: &Event, strategy: IdStrategy) -> EventDocument {
-        let id = document_id(event, strategy);
-        Self::build(event, event.object.clone(), id)
-    }
-
-    /// As [`EventDocument::from_event`], moving the object instead of copying it (the hot path:
-    /// a fetched purchase request is a few KB of JSON).
-    pub fn from_owned_event(mut event: Event, strategy: IdStrategy) -> EventDocument {
-        let id = document_id(&event, strategy);
-        let object = std::mem::take(&mut event.object);
-        Self::build(&event, object, id)
-    }
-
-    fn build(event: &Event, object: Value, id: String) -> EventDocument {
-        let received_at = event.received_at;
+    /// The stored form of `object` under `id`: the object's own keys, `_id`, and `_connect`
+    /// holding `meta`. A non-object payload is kept under `object`. (Built from an event, with
+    /// its id, by `events::persist`.)
+    pub fn new(id: String, meta: Provenance<'_>, object: Value) -> EventDocument {
+        let received_at = meta.received_at;
+        let provenance = meta;
         let mut meta = json!({
-            "event_type": event.event_type.as_str(),
-            "status": event.status_str(),
-            "object_id": event.object_id,
-            "task_id": event.task_id,
-            "source": event.source.as_str(),
+            "event_type": provenance.event_type,
+            "status": provenance.status,
+            "object_id": provenance.object_id,
+            "task_id": provenance.task_id,
+            "source": provenance.source,
             "received_at": format_timestamp(received_at),
         });
         let mut body = Map::new();
@@ -104,9 +109,9 @@ impl EventDocument {
         body.insert(META_KEY.into(), meta);
         EventDocument {
             id,
-            event_type: event.event_type.as_str().to_string(),
-            status: event.status_str().to_string(),
-            object_id: event.object_id.clone(),
+            event_type: provenance.event_type.to_string(),
+            status: provenance.status.to_string(),
+            object_id: provenance.object_id.to_string(),
             received_at,
             body,
         }
@@ -139,75 +144,6 @@ pub fn format_timestamp(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-/// The document id for `event` under `strategy` (see `config/default.toml`, `id_strategy`).
-///
-/// `state`: `{object_id}:{status}:{updated}`; without `updated`, the `task` form; `task`:
-/// `{object_id}:{task_id}`; without a task id (an HTTP POST), the content form
-/// [`content_id`] — never a random id, so a retried POST is stored once. Only an explicitly
-/// configured `generated` is random.
-pub fn document_id(event: &Event, strategy: IdStrategy) -> String {
-    match strategy {
-        IdStrategy::State => match event.object.get("updated").and_then(Value::as_str) {
-            Some(updated) => format!("{}:{}:{}", event.object_id, event.status_str(), updated),
-            None => document_id(event, IdStrategy::Task),
-        },
-        IdStrategy::Task => match &event.task_id {
-            Some(task) => format!("{}:{}", event.object_id, task),
-            None => content_id(event),
-        },
-        IdStrategy::Generated => uuid::Uuid::new_v4().to_string(),
-    }
-}
-
-/// A deterministic id from the event's content: `{object_id}:{status}:sha256:{32 hex digits}`,
-/// the SHA-256 of the event type, the status and the canonical object (keys sorted at every
-/// level, compact JSON) — the same object, whatever its key order, gets the same id.
-pub fn content_id(event: &Event) -> String {
-    use sha2::{Digest, Sha256};
-    let mut canonical = String::new();
-    write_canonical(&event.object, &mut canonical);
-    let mut hasher = Sha256::new();
-    for part in [event.event_type.as_str(), event.status_str()] {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part.as_bytes());
-    }
-    hasher.update(canonical.as_bytes());
-    let digest = hasher.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}:{}:sha256:{hex}", event.object_id, event.status_str())
-}
-
-/// Compact JSON with object keys sorted recursively.
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(v, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(v, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
-}
-
 /// What a save came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaveOutcome {
@@ -233,85 +169,6 @@ impl ListQuery {
         self.limit
             .unwrap_or(Self::DEFAULT_LIMIT)
             .clamp(1, Self::MAX_LIMIT)
-    }
-}
-
-/// Storage errors, classified once by [`StorageError::is_retriable`].
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StorageError {
-    /// The backend could not be reached or did not answer (network, server selection, 5xx, 429).
-    #[error("{backend} storage unavailable: {message}")]
-    Unavailable {
-        backend: &'static str,
-        message: String,
-    },
-    /// The operation did not finish in time; it may or may not have been committed.
-    #[error("{backend} storage timed out: {message}")]
-    Timeout {
-        backend: &'static str,
-        message: String,
-    },
-    /// The backend refused the document or the request for good (invalid document, auth).
-    #[error("{backend} storage rejected the request: {message}")]
-    Rejected {
-        backend: &'static str,
-        message: String,
-    },
-    /// The backend's settings are wrong (bad URI, missing collection…).
-    #[error("{backend} storage misconfigured: {message}")]
-    Config {
-        backend: &'static str,
-        message: String,
-    },
-    /// A bug or corrupted state on our side.
-    #[error("{backend} storage internal error: {message}")]
-    Internal {
-        backend: &'static str,
-        message: String,
-    },
-}
-
-impl StorageError {
-    /// Whether trying again later can succeed. Retriable errors become `reschedule`, the others `fail`.
-    ///
-    /// Only [`StorageError::Rejected`] — an error about *this document* — is permanent. Everything
-    /// about the store, the network or the credentials (`Config` included: a wrong key or a missing
-    /// endpoint is fixed by the operator, and the redelivery then succeeds) and anything unexplained
-    /// (`Internal`) is retriable: the deterministic `_id` makes a redelivery safe, a wrong `fail`
-    /// loses the event.
-    pub fn is_retriable(&self) -> bool {
-        !matches!(self, Self::Rejected { .. })
-    }
-
-    /// Whether this is an error about the document itself (the event is answered `fail`).
-    pub fn is_permanent(&self) -> bool {
-        !self.is_retriable()
-    }
-
-    /// The same error with its message rewritten (e.g. to scrub a secret), kind kept.
-    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
-        match self {
-            Self::Unavailable { backend, message } => Self::Unavailable {
-                backend,
-                message: f(message),
-            },
-            Self::Timeout { backend, message } => Self::Timeout {
-                backend,
-                message: f(message),
-            },
-            Self::Rejected { backend, message } => Self::Rejected {
-                backend,
-                message: f(message),
-            },
-            Self::Config { backend, message } => Self::Config {
-                backend,
-                message: f(message),
-            },
-            Self::Internal { backend, message } => Self::Internal {
-                backend,
-                message: f(message),
-            },
-        }
     }
 }
 
@@ -445,26 +302,26 @@ impl SharedStorage {
         let storage = self.current();
         let result = match tokio::time::timeout(Self::PING_TIMEOUT, storage.ping()).await {
             Ok(r) => r,
-            Err(_) => Err(StorageError::Timeout {
-                backend: storage.name(),
-                message: format!(
+            Err(_) => Err(StorageError::timeout(
+                storage.name(),
+                format!(
                     "ping got no answer within {} ms",
                     Self::PING_TIMEOUT.as_millis()
                 ),
-            }),
+            )),
         };
         self.health.record(storage.name(), &result);
         result
     }
 }
 
-/// Builds one backend from settings.
+/// Builds one backend from its settings.
 pub async fn connect_backend(
     kind: BackendKind,
     settings: &Settings,
 ) -> Result<Arc<dyn Storage>, StorageError> {
     Ok(match kind {
-        BackendKind::Local => Arc::new(local::LocalStorage::open(&settings.storage.local.path)?),
+        BackendKind::Local => Arc::new(local::LocalStorage::open(&settings.local.path)?),
         BackendKind::Driver => Arc::new(driver::DriverStorage::connect(settings).await?),
         BackendKind::DataApi => Arc::new(data_api::DataApiStorage::connect(settings).await?),
         BackendKind::Discard => Arc::new(discard::Discard::new()),
@@ -473,13 +330,13 @@ pub async fn connect_backend(
 
 /// Builds the configured storage: one backend, or a fan-out over several (every event must be
 /// committed by all of them), with reads served by the primary.
-pub async fn connect(settings: &Settings) -> Result<Arc<dyn Storage>, StorageError> {
-    let config_err = |e: crate::config::ConfigError| StorageError::Config {
-        backend: "storage",
-        message: e.to_string(),
-    };
-    let kinds = settings.storage.backend_list().map_err(config_err)?;
-    let primary = settings.storage.primary_backend().map_err(config_err)?;
+pub async fn connect(
+    settings: &(impl AsRef<Settings> + ?Sized),
+) -> Result<Arc<dyn Storage>, StorageError> {
+    let settings = settings.as_ref();
+    let config_err = |e: ConfigError| StorageError::config("storage", e.to_string());
+    let kinds = settings.backend_list().map_err(config_err)?;
+    let primary = settings.primary_backend().map_err(config_err)?;
     let mut backends = Vec::with_capacity(kinds.len());
     for kind in &kinds {
         backends.push(connect_backend(*kind, settings).await?);
@@ -494,24 +351,6 @@ pub async fn connect(settings: &Settings) -> Result<Arc<dyn Storage>, StorageErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{EventType, Source};
-
-    fn event(task: Option<&str>, updated: Option<&str>) -> Event {
-        let mut obj = json!({"id": "PR-1", "type": "purchase", "status": "pending"});
-        if let Some(u) = updated {
-            obj["updated"] = json!(u);
-        }
-        let mut e = Event::new(
-            EventType::AssetPurchaseRequestProcessing,
-            "PR-1",
-            obj,
-            Source::Websocket,
-        );
-        if let Some(t) = task {
-            e = e.with_task_id(t);
-        }
-        e
-    }
 
     #[test]
     fn timestamps_sort_as_strings() {
@@ -521,68 +360,6 @@ mod tests {
         let c = format_timestamp(t + time::Duration::seconds(1));
         assert_eq!(a, "2023-11-14T22:13:20.000000000Z");
         assert!(a < b && b < c, "{a} {b} {c}");
-    }
-
-    #[test]
-    fn id_strategies() {
-        let e = event(Some("TQ-1"), Some("2026-11-28T17:21:48+00:00"));
-        assert_eq!(
-            document_id(&e, IdStrategy::State),
-            "PR-1:pending:2026-11-28T17:21:48+00:00"
-        );
-        assert_eq!(document_id(&e, IdStrategy::Task), "PR-1:TQ-1");
-        let g1 = document_id(&e, IdStrategy::Generated);
-        let g2 = document_id(&e, IdStrategy::Generated);
-        assert_ne!(g1, g2);
-        assert_eq!(g1.len(), 36);
-        // fall-backs: no `updated` → task id; no task id either → the content hash, never random
-        assert_eq!(
-            document_id(&event(Some("TQ-9"), None), IdStrategy::State),
-            "PR-1:TQ-9"
-        );
-        for strategy in [IdStrategy::State, IdStrategy::Task] {
-            let a = document_id(&event(None, None), strategy);
-            let b = document_id(&event(None, None), strategy);
-            assert_eq!(a, b, "{strategy:?}");
-            assert!(a.starts_with("PR-1:pending:sha256:"), "{a}");
-            assert_eq!(a.len(), "PR-1:pending:sha256:".len() + 32, "{a}");
-        }
-        // deterministic: the same event twice gives the same id
-        let again = event(Some("TQ-2"), Some("2026-11-28T17:21:48+00:00"));
-        assert_eq!(
-            document_id(&e, IdStrategy::State),
-            document_id(&again, IdStrategy::State)
-        );
-    }
-
-    #[test]
-    fn content_ids_ignore_key_order_and_see_every_value() {
-        let mk = |object: Value| {
-            Event::new(
-                EventType::AssetPurchaseRequestProcessing,
-                "PR-1",
-                object,
-                Source::Http,
-            )
-        };
-        let a = mk(
-            json!({"id": "PR-1", "status": "pending", "asset": {"a": 1, "b": [1, {"x": 1, "y": 2}]}}),
-        );
-        let b = mk(
-            json!({"asset": {"b": [1, {"y": 2, "x": 1}], "a": 1}, "status": "pending", "id": "PR-1"}),
-        );
-        let c = mk(
-            json!({"id": "PR-1", "status": "pending", "asset": {"a": 2, "b": [1, {"x": 1, "y": 2}]}}),
-        );
-        assert_eq!(content_id(&a), content_id(&b));
-        assert_ne!(content_id(&a), content_id(&c));
-        // Another event type with the same object is another document.
-        let mut d = a.clone();
-        d.event_type = EventType::AssetChangeRequestProcessing;
-        assert_ne!(content_id(&a), content_id(&d));
-        let mut out = String::new();
-        write_canonical(&json!({"b": 1, "a": {"d": "\n", "c": null}}), &mut out);
-        assert_eq!(out, r#"{"a":{"c":null,"d":"\n"},"b":1}"#);
     }
 
     /// Captures the log of `f` (all levels).
@@ -675,36 +452,6 @@ mod tests {
             ),
             "{log}"
         );
-    }
-
-    #[test]
-    fn document_keeps_the_object_untouched() {
-        let e = event(Some("TQ-1"), Some("u1"));
-        let doc = EventDocument::from_event(&e, IdStrategy::State);
-        assert_eq!(doc.body["_id"], json!("PR-1:pending:u1"));
-        assert_eq!(doc.body[META_KEY]["task_id"], json!("TQ-1"));
-        assert_eq!(doc.body[META_KEY]["source"], json!("websocket"));
-        assert_eq!(
-            EventDocument::object_of(&Value::Object(doc.body.clone())),
-            e.object
-        );
-    }
-
-    #[test]
-    fn owned_and_borrowed_builds_agree() {
-        let e = event(Some("TQ-1"), Some("u1"));
-        let a = EventDocument::from_event(&e, IdStrategy::State);
-        let b = EventDocument::from_owned_event(e, IdStrategy::State);
-        assert_eq!(a, b);
-    }
-
-    #[test]
-    fn clashing_keys_are_kept_losslessly() {
-        let mut e = event(None, Some("u"));
-        e.object["_id"] = json!({"$oid": "x"});
-        e.object[META_KEY] = json!(1);
-        let doc = EventDocument::from_event(&e, IdStrategy::State);
-        assert_eq!(EventDocument::object_of(&Value::Object(doc.body)), e.object);
     }
 
     #[test]

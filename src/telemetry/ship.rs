@@ -20,7 +20,7 @@
 //! (installation keys in tasks) before it is serialized, and the serialized line once more after;
 //! a field named like a secret (`api_key`, `token`, `password`, …) is shipped as `***`. The key is
 //! only in the request's query string and is never logged: the listener URL appears in messages
-//! through [`crate::config::redact_url`] only.
+//! through [`crate::config::secret::redact_url`] only.
 //!
 //! **Levels.** As in the runner, `log_level` governs the extension's own logs
 //! ([`EXTENSION_TARGETS`]: the event handlers and storage, the runner's `eaas.eventsapp` logger)
@@ -43,13 +43,14 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::Level;
 use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::layer::Layer;
 use tracing_subscriber::{reload, Registry};
 
-use crate::connect::redact::Scrubber;
+use crate::redact::Scrubber;
+use record::ShipLayer;
+use send::sender;
 
 /// The Logz.io listener the runner's handler posts to (`LogzioSender`'s default).
 pub const DEFAULT_URL: &str = "https://listener.logz.io:8071";
@@ -119,7 +120,7 @@ pub struct Destination {
 impl std::fmt::Debug for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Destination")
-            .field("url", &crate::config::redact_url(&self.options.url))
+            .field("url", &crate::config::secret::redact_url(&self.options.url))
             .field("token", &"***")
             .field("extension_level", &self.extension_level)
             .field("runner_level", &self.runner_level)
@@ -143,7 +144,7 @@ impl Destination {
 
     /// The endpoint as messages may show it.
     fn shown(&self) -> String {
-        crate::config::redact_url(&self.endpoint())
+        crate::config::secret::redact_url(&self.endpoint())
     }
 }
 
@@ -284,412 +285,9 @@ pub async fn shutdown(limit: Duration) {
     }
 }
 
-struct ShipLayer;
-
-impl<S: Subscriber> Layer<S> for ShipLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let g = global();
-        let Ok(guard) = g.tx.read() else { return };
-        let Some(tx) = guard.as_ref() else { return };
-        let meta = event.metadata();
-        let mut visitor = Collect::default();
-        event.record(&mut visitor);
-        let size = visitor.bytes;
-        if g.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > QUEUE_MAX_BYTES {
-            g.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            g.dropped.inc();
-            return;
-        }
-        let record = Record {
-            at: time::OffsetDateTime::now_utc(),
-            level: *meta.level(),
-            target: meta.target(),
-            file: meta.file(),
-            line: meta.line(),
-            message: visitor.message,
-            fields: visitor.fields,
-            size,
-        };
-        if tx.try_send(record).is_err() {
-            g.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            g.dropped.inc();
-        }
-    }
-}
-
-#[derive(Default)]
-struct Collect {
-    message: String,
-    fields: Vec<(&'static str, Value)>,
-    bytes: usize,
-}
-
-fn cut(s: String, max: usize) -> String {
-    if s.len() > max {
-        format!("{}…", prefix(&s, max))
-    } else {
-        s
-    }
-}
-
-impl Collect {
-    fn push(&mut self, field: &Field, value: Value) {
-        let len = value.as_str().map_or(8, str::len);
-        if self.fields.len() < MAX_FIELDS && self.bytes + len <= RECORD_MAX_BYTES {
-            self.bytes += len;
-            self.fields.push((field.name(), value));
-        }
-    }
-
-    fn string(&mut self, field: &Field, s: String) {
-        if field.name() == "message" {
-            self.bytes += s.len();
-            self.message = s;
-        } else {
-            self.push(field, Value::String(s));
-        }
-    }
-}
-
-impl Visit for Collect {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        let s = if value.len() > COLLECT_MAX_BYTES {
-            format!("{}…", prefix(value, COLLECT_MAX_BYTES))
-        } else {
-            value.to_string()
-        };
-        self.string(field, s);
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let s = cut(format!("{value:?}"), COLLECT_MAX_BYTES);
-        self.string(field, s);
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.push(field, Value::from(value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.push(field, Value::from(value));
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.push(field, Value::from(value));
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.push(field, Value::from(value));
-    }
-}
-
-/// The longest prefix of `s` of at most `max` bytes (on a character boundary).
-fn prefix(s: &str, max: usize) -> &str {
-    let mut end = max.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// Masks the token after every `ApiKey ` (Connect API keys, installation keys in tasks).
-fn mask_api_keys(s: &str) -> String {
-    const MARK: &str = "apikey ";
-    let lower = s.to_ascii_lowercase();
-    if !lower.contains(MARK) {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = 0;
-    let mut from = 0;
-    while let Some(pos) = lower[from..].find(MARK) {
-        let start = from + pos + MARK.len();
-        let end = s[start..]
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | '}' | ']'))
-            .map_or(s.len(), |e| start + e);
-        out.push_str(&s[rest..start]);
-        out.push_str("***");
-        rest = end;
-        from = end.max(start);
-        if from >= s.len() {
-            break;
-        }
-    }
-    out.push_str(&s[rest..]);
-    out
-}
-
-/// A string as it may be shipped: secrets masked, then cut.
-fn clean(s: &str, scrubber: &Scrubber) -> String {
-    cut(mask_api_keys(&scrubber.scrub(s)), SHIP_MAX_BYTES)
-}
-
-fn python_level(level: &Level) -> &'static str {
-    match *level {
-        Level::ERROR => "ERROR",
-        Level::WARN => "WARNING",
-        Level::INFO => "INFO",
-        _ => "DEBUG",
-    }
-}
-
-/// One NDJSON line: the runner's fields, the event's, the meta fields; scrubbed.
-fn format_line(r: Record, d: &Destination) -> String {
-    global().queued_bytes.fetch_sub(r.size, Ordering::Relaxed);
-    let mut line = Map::new();
-    let ts =
-        r.at.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-    line.insert("@timestamp".into(), Value::String(ts));
-    line.insert(
-        "log_level".into(),
-        Value::String(python_level(&r.level).into()),
-    );
-    line.insert("logger".into(), Value::String(r.target.to_string()));
-    line.insert(
-        "message".into(),
-        Value::String(clean(&r.message, &d.scrubber)),
-    );
-    if let Some(line_number) = r.line {
-        line.insert("line_number".into(), Value::from(line_number));
-    }
-    if let Some(file) = r.file {
-        line.insert("path_name".into(), Value::String(file.to_string()));
-    }
-    line.insert("type".into(), Value::String(LOG_TYPE.into()));
-    for (name, value) in r.fields {
-        let value = if SECRET_FIELDS.iter().any(|s| name.eq_ignore_ascii_case(s)) {
-            Value::String("***".into())
-        } else {
-            match value {
-                Value::String(s) => Value::String(clean(&s, &d.scrubber)),
-                other => other,
-            }
-        };
-        if !line.contains_key(name) {
-            line.insert(name.to_string(), value);
-        }
-    }
-    for (k, v) in &d.meta {
-        line.insert(k.clone(), v.clone());
-    }
-    let text = serde_json::to_string(&Value::Object(line)).unwrap_or_default();
-    // Once more on the serialized line (a secret split across fields, escaping).
-    mask_api_keys(&d.scrubber.scrub(&text))
-}
-
-fn current_destination() -> Option<Arc<Destination>> {
-    global().destination.lock().expect("ship lock").clone()
-}
-
-/// The sender task: batches and posts until every sender is gone.
-async fn sender(mut rx: mpsc::Receiver<Record>, flush: Duration) {
-    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
-    // The channel's trust roots (system bundle plus SSL_CERT_FILE / SSL_CERT_DIR).
-    if let Ok(tls) = crate::connect::tls_config() {
-        builder = builder.use_preconfigured_tls((*tls).clone());
-    }
-    let client = match builder.build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "platform logging off: cannot build its HTTP client");
-            *global().tx.write().expect("ship lock") = None;
-            return;
-        }
-    };
-    let mut failing = false;
-    while let Some(first) = rx.recv().await {
-        let Some(dest) = current_destination() else {
-            global()
-                .queued_bytes
-                .fetch_sub(first.size, Ordering::Relaxed);
-            continue;
-        };
-        let deadline = tokio::time::Instant::now() + flush;
-        let mut lines = vec![format_line(first, &dest)];
-        let mut bytes = lines[0].len();
-        let mut closed = false;
-        while lines.len() < BATCH_MAX_LINES && bytes < BATCH_MAX_BYTES {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(r)) => {
-                    let l = format_line(r, &dest);
-                    bytes += l.len() + 1;
-                    lines.push(l);
-                }
-                Ok(None) => {
-                    closed = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let n = lines.len() as u64;
-        match post(&client, &dest, lines.join("\n")).await {
-            Ok(()) => {
-                global().shipped.inc_by(n);
-                if failing {
-                    failing = false;
-                    tracing::info!(url = %dest.shown(), "platform logging delivers again");
-                }
-            }
-            Err(reason) => {
-                global().dropped.inc_by(n);
-                if !failing {
-                    failing = true;
-                    tracing::warn!(
-                        url = %dest.shown(),
-                        reason = %crate::sanitize::escape_control(&dest.scrubber.scrub(&reason)),
-                        dropped = n,
-                        "platform logging: a batch could not be delivered and was dropped (counted in connect_ext_log_records_dropped_total; logged once until delivery works again)"
-                    );
-                }
-            }
-        }
-        if closed {
-            return;
-        }
-    }
-}
-
-/// One batch, with bounded retries. The error never contains the endpoint (it holds the key).
-async fn post(client: &reqwest::Client, d: &Destination, body: String) -> Result<(), String> {
-    let url = d.endpoint();
-    let mut delay = Duration::from_millis(250);
-    let mut last = String::new();
-    for attempt in 0..=RETRIES {
-        if attempt > 0 {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-        let sent = client
-            .post(&url)
-            .header("content-type", "text/plain")
-            .body(body.clone())
-            .timeout(d.options.timeout)
-            .send()
-            .await;
-        match sent {
-            Ok(resp) if resp.status().is_success() => return Ok(()),
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                last = format!("HTTP {status}");
-                if matches!(status, 400 | 401 | 403 | 413) {
-                    return Err(format!("{last} (not retried)"));
-                }
-            }
-            Err(e) => {
-                // Without the URL: reqwest's Display names it, and the URL carries the key.
-                let e = e.without_url();
-                last = if e.is_timeout() {
-                    "timed out".to_string()
-                } else if e.is_connect() {
-                    "cannot connect".to_string()
-                } else {
-                    e.to_string()
-                };
-            }
-        }
-    }
-    Err(format!("{last} after {} attempts", RETRIES + 1))
-}
+mod line;
+mod record;
+mod send;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tracing_subscriber::layer::SubscriberExt;
-
-    fn dest(scrubber: Arc<Scrubber>) -> Destination {
-        let mut meta = Map::new();
-        meta.insert("service_id".into(), Value::from("SRVC-1"));
-        Destination {
-            options: ShipOptions {
-                url: "http://127.0.0.1:9/".into(),
-                queue: 8,
-                flush: Duration::from_millis(10),
-                timeout: Duration::from_millis(100),
-            },
-            token: "logz-TOKEN-SECRET".into(),
-            meta,
-            extension_level: LevelFilter::INFO,
-            runner_level: LevelFilter::INFO,
-            scrubber,
-        }
-    }
-
-    #[test]
-    fn lines_carry_the_runner_fields_and_no_secret() {
-        let s = Arc::new(Scrubber::new());
-        s.add("pw-KNOWN-SECRET");
-        let d = dest(s);
-        let r = Record {
-            at: time::OffsetDateTime::now_utc(),
-            level: Level::WARN,
-            target: "connect_extension_mongodb::events::persist",
-            file: Some("src/events/persist.rs"),
-            line: Some(7),
-            message: "saw pw-KNOWN-SECRET and Authorization: ApiKey SU-1:inst-SECRET in {\"api_key\": \"k-SECRET\"}".into(),
-            fields: vec![
-                ("token", Value::from("t-SECRET")),
-                ("task_id", Value::from("TQ-1")),
-                ("n", Value::from(3)),
-                ("excerpt", Value::from("a\"pw-KNOWN-SECRET\"b")),
-            ],
-            size: 0,
-        };
-        let line = format_line(r, &d);
-        assert!(!line.contains("SECRET"), "{line}");
-        let v: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["log_level"], "WARNING");
-        assert_eq!(v["logger"], "connect_extension_mongodb::events::persist");
-        assert_eq!(v["type"], "python");
-        assert_eq!(v["task_id"], "TQ-1");
-        assert_eq!(v["n"], 3);
-        assert_eq!(v["token"], "***");
-        assert_eq!(v["service_id"], "SRVC-1");
-        assert_eq!(v["line_number"], 7);
-        assert!(v["@timestamp"].as_str().unwrap().ends_with('Z'));
-    }
-
-    #[test]
-    fn a_record_is_bounded_in_size() {
-        let subscriber = tracing_subscriber::registry().with(Probe::default());
-        let probe = subscriber.downcast_ref::<Probe>().unwrap().0.clone();
-        tracing::subscriber::with_default(subscriber, || {
-            let big = "x".repeat(1024 * 1024);
-            tracing::info!(a = %big, b = %big, c = %big, d = %big, e = %big, "{big}");
-        });
-        let (bytes, fields) = *probe.lock().unwrap();
-        assert!(bytes <= RECORD_MAX_BYTES + 4 * COLLECT_MAX_BYTES, "{bytes}");
-        assert!(fields < 5, "{fields}");
-    }
-
-    /// Records what [`Collect`] kept of each event: (bytes, fields).
-    #[derive(Default)]
-    struct Probe(Arc<Mutex<(usize, usize)>>);
-    impl<S: Subscriber> Layer<S> for Probe {
-        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-            let mut c = Collect::default();
-            event.record(&mut c);
-            *self.0.lock().unwrap() = (c.bytes, c.fields.len());
-        }
-    }
-
-    #[test]
-    fn the_endpoint_is_shown_without_its_key() {
-        let d = dest(Arc::new(Scrubber::new()));
-        assert_eq!(
-            d.endpoint(),
-            "http://127.0.0.1:9/?token=logz%2DTOKEN%2DSECRET&type=python"
-        );
-        assert!(!d.shown().contains("SECRET"), "{}", d.shown());
-        assert!(!format!("{d:?}").contains("SECRET"));
-    }
-
-    #[test]
-    fn python_level_names_map_to_filters() {
-        assert_eq!(parse_level("DEBUG"), Some(LevelFilter::DEBUG));
-        assert_eq!(parse_level("warning"), Some(LevelFilter::WARN));
-        assert_eq!(parse_level("CRITICAL"), Some(LevelFilter::ERROR));
-        assert_eq!(parse_level("NOTSET"), Some(LevelFilter::INFO));
-        assert_eq!(parse_level("LOUD"), None);
-        assert_eq!(mask_api_keys("x ApiKey SU-1:abc, y"), "x ApiKey ***, y");
-        assert_eq!(mask_api_keys("apikey"), "apikey");
-        let long = "é".repeat(10_000);
-        assert!(clean(&long, &Scrubber::new()).len() <= SHIP_MAX_BYTES + '…'.len_utf8());
-    }
-}
+mod tests;

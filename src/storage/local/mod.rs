@@ -38,6 +38,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{EventDocument, ListQuery, SaveOutcome, Storage, StorageError};
 
+pub mod settings;
+
 const BACKEND: &str = "local";
 /// Most documents committed in one transaction.
 pub const MAX_GROUP: usize = 1024;
@@ -109,20 +111,11 @@ fn is_document_error(e: &rusqlite::Error) -> bool {
 pub fn sql_err(e: rusqlite::Error) -> StorageError {
     let message = e.to_string();
     if is_document_error(&e) {
-        return StorageError::Rejected {
-            backend: BACKEND,
-            message,
-        };
+        return StorageError::rejected(BACKEND, message);
     }
     match e.sqlite_error_code() {
-        Some(_) => StorageError::Unavailable {
-            backend: BACKEND,
-            message,
-        },
-        None => StorageError::Internal {
-            backend: BACKEND,
-            message,
-        },
+        Some(_) => StorageError::unavailable(BACKEND, message),
+        None => StorageError::internal(BACKEND, message),
     }
 }
 
@@ -165,17 +158,21 @@ impl LocalStorage {
     }
 
     fn open_inner(dir: &Path, read_only_writer: bool) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageError::Config {
-            backend: BACKEND,
-            message: format!(
-                "cannot create data directory {} (LOCAL_DATA_DIR): {e}",
-                dir.display()
-            ),
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StorageError::config(
+                BACKEND,
+                format!(
+                    "cannot create data directory {} (LOCAL_DATA_DIR): {e}",
+                    dir.display()
+                ),
+            )
         })?;
         let path = dir.join(FILE_NAME);
-        let open_err = |e: rusqlite::Error| StorageError::Config {
-            backend: BACKEND,
-            message: format!("cannot open {} (LOCAL_DATA_DIR): {e}", path.display()),
+        let open_err = |e: rusqlite::Error| {
+            StorageError::config(
+                BACKEND,
+                format!("cannot open {} (LOCAL_DATA_DIR): {e}", path.display()),
+            )
         };
         let write = if read_only_writer {
             Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -208,9 +205,8 @@ impl LocalStorage {
         let thread = std::thread::Builder::new()
             .name("local-storage-writer".into())
             .spawn(move || writer_loop(write, rx))
-            .map_err(|e| StorageError::Internal {
-                backend: BACKEND,
-                message: format!("cannot start writer thread: {e}"),
+            .map_err(|e| {
+                StorageError::internal(BACKEND, format!("cannot start writer thread: {e}"))
             })?;
         Ok(Self {
             path,
@@ -227,10 +223,7 @@ impl LocalStorage {
     }
 
     fn closed() -> StorageError {
-        StorageError::Unavailable {
-            backend: BACKEND,
-            message: "the store is shutting down".into(),
-        }
+        StorageError::unavailable(BACKEND, "the store is shutting down")
     }
 
     async fn submit(&self, docs: Vec<Row>) -> Vec<Result<SaveOutcome, StorageError>> {
@@ -248,13 +241,10 @@ impl LocalStorage {
         match tokio::time::timeout(self.save_timeout, wait).await {
             Ok(results) => results,
             Err(_) => {
-                let err = StorageError::Timeout {
-                    backend: BACKEND,
-                    message: format!(
+                let err = StorageError::timeout(BACKEND, format!(
                         "the SQLite writer did not answer within {} ms (database locked or the disk stalled); the document may be committed later",
                         self.save_timeout.as_millis()
-                    ),
-                };
+                    ));
                 tracing::warn!(error = %err, documents = n, "local save timed out");
                 vec![Err(err); n]
             }
@@ -265,10 +255,7 @@ impl LocalStorage {
     /// bounded by [`PING_TIMEOUT`].
     async fn probe_write(&self) -> Result<(), StorageError> {
         let Some(tx) = self.writer.lock().expect("writer lock").clone() else {
-            return Err(StorageError::Unavailable {
-                backend: BACKEND,
-                message: "the store is closed".into(),
-            });
+            return Err(StorageError::unavailable(BACKEND, "the store is closed"));
         };
         let (reply, rx) = oneshot::channel();
         let wait = async {
@@ -279,13 +266,13 @@ impl LocalStorage {
         };
         match tokio::time::timeout(PING_TIMEOUT, wait).await {
             Ok(r) => r,
-            Err(_) => Err(StorageError::Timeout {
-                backend: BACKEND,
-                message: format!(
+            Err(_) => Err(StorageError::timeout(
+                BACKEND,
+                format!(
                     "the write probe got no answer from the SQLite writer within {} ms",
                     PING_TIMEOUT.as_millis()
                 ),
-            }),
+            )),
         }
     }
 
@@ -296,10 +283,7 @@ impl LocalStorage {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || f(&reader.lock().expect("reader lock")))
             .await
-            .map_err(|e| StorageError::Internal {
-                backend: BACKEND,
-                message: format!("reader task failed: {e}"),
-            })?
+            .map_err(|e| StorageError::internal(BACKEND, format!("reader task failed: {e}")))?
             .map_err(sql_err)
     }
 }
@@ -376,10 +360,10 @@ fn commit_group(conn: &mut Connection, jobs: &[SaveJob]) -> Vec<Result<SaveOutco
                 let body = match &doc.body {
                     Ok(b) => b,
                     Err(e) => {
-                        out.push(Err(StorageError::Rejected {
-                            backend: BACKEND,
-                            message: format!("cannot encode document {}: {e}", doc.id),
-                        }));
+                        out.push(Err(StorageError::rejected(
+                            BACKEND,
+                            format!("cannot encode document {}: {e}", doc.id),
+                        )));
                         continue;
                     }
                 };
@@ -438,12 +422,7 @@ impl Storage for LocalStorage {
         self.submit(vec![Row::of(doc)])
             .await
             .pop()
-            .unwrap_or_else(|| {
-                Err(StorageError::Internal {
-                    backend: BACKEND,
-                    message: "no result from writer".into(),
-                })
-            })
+            .unwrap_or_else(|| Err(StorageError::internal(BACKEND, "no result from writer")))
     }
 
     async fn save_many(&self, docs: &[EventDocument]) -> Vec<Result<SaveOutcome, StorageError>> {
@@ -519,129 +498,4 @@ impl Drop for LocalStorage {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open_temp() -> (tempfile::TempDir, LocalStorage) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStorage::open(dir.path()).unwrap();
-        (dir, store)
-    }
-
-    async fn make(_case: &'static str) -> Option<crate::storage::conformance::Fixture> {
-        let (dir, store) = open_temp();
-        Some(crate::storage::conformance::Fixture::new(
-            std::sync::Arc::new(store),
-            dir,
-        ))
-    }
-
-    crate::storage_conformance!(make);
-
-    #[tokio::test]
-    async fn survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let doc = crate::storage::conformance::sample_doc("PR-REOPEN", "pending", "u1");
-        {
-            let store = LocalStorage::open(dir.path()).unwrap();
-            assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Inserted);
-            store.close().await;
-        }
-        let store = LocalStorage::open(dir.path()).unwrap();
-        assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Duplicate);
-        assert_eq!(
-            store.get(&doc.id).await.unwrap().unwrap(),
-            Value::Object(doc.body.clone())
-        );
-    }
-
-    #[test]
-    fn only_errors_about_the_document_are_rejected() {
-        use rusqlite::ffi;
-        let err = |code: i32| {
-            sql_err(rusqlite::Error::SqliteFailure(
-                ffi::Error::new(code),
-                Some("x".into()),
-            ))
-        };
-        for code in [
-            ffi::SQLITE_READONLY,
-            ffi::SQLITE_CORRUPT,
-            ffi::SQLITE_NOMEM,
-            ffi::SQLITE_PERM,
-            ffi::SQLITE_IOERR,
-            ffi::SQLITE_FULL,
-            ffi::SQLITE_CANTOPEN,
-            ffi::SQLITE_BUSY,
-            ffi::SQLITE_LOCKED,
-            ffi::SQLITE_NOTADB,
-            ffi::SQLITE_PROTOCOL,
-            ffi::SQLITE_READONLY_DBMOVED,
-            ffi::SQLITE_IOERR_FSYNC,
-        ] {
-            let e = err(code);
-            assert!(
-                matches!(e, StorageError::Unavailable { .. }),
-                "{code}: {e:?}"
-            );
-        }
-        assert!(matches!(
-            err(ffi::SQLITE_TOOBIG),
-            StorageError::Rejected { .. }
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_read_only_database_is_retriable_and_not_ready() {
-        let (dir, store) = open_temp();
-        let doc = crate::storage::conformance::sample_doc("PR-RO", "pending", "u");
-        assert_eq!(store.save(&doc).await.unwrap(), SaveOutcome::Inserted);
-        store.ping().await.unwrap();
-        store.close().await;
-
-        let ro = LocalStorage::open_with_read_only_writer(dir.path()).unwrap();
-        let other = crate::storage::conformance::sample_doc("PR-RO-2", "pending", "u");
-        let err = ro.save(&other).await.unwrap_err();
-        assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
-        assert!(err.to_string().contains("readonly"), "{err}");
-        // The readiness probe writes: it sees the fault a read would not.
-        let err = ro.ping().await.unwrap_err();
-        assert!(err.is_retriable(), "{err}");
-        assert!(err.to_string().contains("readonly"), "{err}");
-        // Reads still work.
-        assert!(ro.get(&doc.id).await.unwrap().is_some());
-        ro.close().await;
-    }
-
-    #[tokio::test]
-    async fn a_save_held_up_by_a_locked_database_times_out_retriably() {
-        let (dir, store) = open_temp();
-        let store = store.with_save_timeout(std::time::Duration::from_millis(300));
-        // Another process holds the write lock (SQLite's busy timeout is 5 s).
-        let other = Connection::open(dir.path().join(FILE_NAME)).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let doc = crate::storage::conformance::sample_doc("PR-LOCK", "pending", "u");
-        let err = store.save(&doc).await.unwrap_err();
-        assert!(matches!(err, StorageError::Timeout { .. }), "{err:?}");
-        assert!(err.is_retriable());
-        other.execute_batch("ROLLBACK").unwrap();
-        drop(other);
-        // The redelivery succeeds (the timed-out save may have been committed meanwhile).
-        let again = store.save(&doc).await.unwrap();
-        assert!(matches!(
-            again,
-            SaveOutcome::Inserted | SaveOutcome::Duplicate
-        ));
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn save_after_close_is_retriable() {
-        let (_dir, store) = open_temp();
-        store.close().await;
-        let doc = crate::storage::conformance::sample_doc("PR-C", "pending", "u");
-        let err = store.save(&doc).await.unwrap_err();
-        assert!(err.is_retriable(), "{err}");
-        assert!(store.ping().await.is_err());
-    }
-}
+mod tests;

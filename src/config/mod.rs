@@ -1,0 +1,457 @@
+//! Configuration: `config/default.toml` (embedded) < optional file < environment variables.
+//!
+//! Each module owns its section (`http::Settings`, `storage::Settings` with each backend's own in
+//! its folder, `events::settings`, `connect::settings`, `telemetry::settings`,
+//! `shutdown::Settings`) and its syntax checks; this module only layers and loads them
+//! ([`Settings`]), and keeps the leaves every section uses: [`env`](mod@env) (the variables), [`error`]
+//! ([`ConfigError`]) and [`secret`]. A section's file imports only those leaves, so no import
+//! ever runs back up from a module to this one.
+//!
+//! Environment variables are mapped explicitly, one by one ([`ENV_VARS`]), rather than through a
+//! prefix convention, because the names are fixed by the tutorial (DATA_API_ENDPOINT, DB, …) and by
+//! the Python runner (API_KEY, ENVIRONMENT_ID, …). The table is also the single place that says which
+//! settings are secrets.
+//!
+//! Validation happens once, at start-up ([`Settings::validate`], also run by `check-config` and on
+//! every storage rebuild from extension variables); every error names the variable, the key and
+//! the accepted values, so a typo in a container's environment fails fast and clearly. Every
+//! numeric setting has a range ([`Settings::bounds`]): no value can overflow a timer, a semaphore
+//! or an allocation later.
+//!
+//! Secrets are [`Secret`]s; URLs that may carry credentials are shown only through [`redact_url`]
+//! ([`SecretUrl`]): the password of the userinfo and every query value not on
+//! [`URL_QUERY_ALLOW_LIST`] become `***`.
+
+pub mod env;
+pub mod error;
+pub mod secret;
+
+pub use env::{env_name_for, EnvVar, ENV_VARS};
+pub use error::ConfigError;
+pub use secret::{redact_uri, redact_url, Secret, SecretUrl, URL_QUERY_ALLOW_LIST};
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::connect::settings::Settings as ConnectSettings;
+use crate::events::settings::Settings as EventsSettings;
+use crate::http::settings::Settings as HttpSettings;
+use crate::shutdown::Settings as ShutdownSettings;
+use crate::storage::settings::Settings as StorageSettings;
+use crate::telemetry::settings::Settings as TelemetrySettings;
+use error::setting_error;
+
+/// The documented defaults, embedded so the binary runs with no file around it.
+pub const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+/// The whole configuration: each section is owned by its module, which also checks its syntax;
+/// this module layers and loads it, and holds the one table of numeric ranges ([`Settings::bounds`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub storage: StorageSettings,
+    pub events: EventsSettings,
+    pub connect: ConnectSettings,
+    pub telemetry: TelemetrySettings,
+    pub shutdown: ShutdownSettings,
+}
+
+/// The accepted range of one numeric setting (see [`Settings::bounds`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub key: &'static str,
+    pub value: u64,
+    pub min: u64,
+    pub max: u64,
+    pub unit: &'static str,
+    pub why: &'static str,
+}
+
+impl Bound {
+    fn new(key: &'static str, value: u64, min: u64, max: u64, unit: &'static str) -> Self {
+        Self {
+            key,
+            value,
+            min,
+            max,
+            unit,
+            why: "",
+        }
+    }
+    fn why(mut self, why: &'static str) -> Self {
+        self.why = why;
+        self
+    }
+}
+
+impl AsRef<StorageSettings> for Settings {
+    fn as_ref(&self) -> &StorageSettings {
+        &self.storage
+    }
+}
+
+impl<'a> From<&'a Settings> for crate::storage::driver::settings::Params<'a> {
+    fn from(s: &'a Settings) -> Self {
+        (&s.storage).into()
+    }
+}
+
+impl<'a> From<&'a Settings> for crate::storage::data_api::settings::Params<'a> {
+    fn from(s: &'a Settings) -> Self {
+        (&s.storage).into()
+    }
+}
+
+impl Settings {
+    /// Loads the configuration from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with(file, |name| std::env::var(name).ok())
+    }
+
+    /// Loads with an injected environment (tests must not mutate the process environment).
+    pub fn load_with(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        Self::build(Some(file), env)
+    }
+
+    /// The embedded defaults overridden by `vars` (environment-variable names and values) only —
+    /// no configuration file, no process environment. For tests, benchmarks and tools.
+    pub fn from_vars<K: AsRef<str>, V: AsRef<str>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Settings, ConfigError> {
+        let map: BTreeMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+            .collect();
+        Self::build(None, |name| map.get(name).cloned())
+    }
+
+    /// `file`: `None` = no file layer; `Some(None)` = `config/local.toml` when present;
+    /// `Some(Some(path))` = that file, which must exist.
+    fn build(
+        file: Option<Option<&Path>>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        use config::{Config, File, FileFormat};
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        match file {
+            None => {}
+            Some(Some(path)) => {
+                if !path.exists() {
+                    return Err(ConfigError(format!(
+                        "--config {}: no such file",
+                        path.display()
+                    )));
+                }
+                builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+            }
+            Some(None) => {
+                builder = builder.add_source(
+                    File::with_name("config/local.toml")
+                        .format(FileFormat::Toml)
+                        .required(false),
+                );
+            }
+        }
+        for v in ENV_VARS {
+            if let Some(value) = env(v.name).filter(|s| !s.is_empty()) {
+                builder = builder
+                    .set_override(v.key, value)
+                    .map_err(|e| setting_error(v.key, e))?;
+            }
+        }
+        let built = builder.build().map_err(map_config_error)?;
+        let settings: Settings = built.try_deserialize().map_err(map_config_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Cross-field checks the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.http.listen.ip().is_loopback() && self.http.token.is_empty() {
+            return Err(setting_error(
+                "http.listen",
+                format!(
+                    "{} is not a loopback address, so HTTP_TOKEN must be set (POST /events would be open to the network)",
+                    self.http.listen
+                ),
+            ));
+        }
+        self.check_bounds()?;
+        crate::http::settings::check_settings(&self.http)?;
+        self.storage.check()?;
+        self.events.persist_rules()?;
+        self.connect.check()?;
+        Ok(())
+    }
+
+    /// Every numeric setting within its range (one table: [`Settings::bounds`]).
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        for b in self.bounds() {
+            if b.value < b.min || b.value > b.max {
+                return Err(setting_error(
+                    b.key,
+                    format!(
+                        "{} is out of range; accepted: a whole number between {} and {} ({}){}",
+                        b.value,
+                        b.min,
+                        b.max,
+                        b.unit,
+                        if b.why.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; {}", b.why)
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The accepted range of every numeric setting: wide enough for any sane deployment, narrow
+    /// enough that no value overflows a timer, a semaphore or an allocation.
+    pub fn bounds(&self) -> Vec<Bound> {
+        const MIB: u64 = 1024 * 1024;
+        let st = &self.storage;
+        let c = &self.connect;
+        let n = |v: usize| v as u64;
+        vec![
+            Bound::new(
+                "http.max_body_bytes",
+                n(self.http.max_body_bytes),
+                1,
+                256 * MIB,
+                "bytes",
+            ),
+            Bound::new(
+                "http.header_timeout_ms",
+                self.http.header_timeout_ms,
+                100,
+                3_600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "http.body_timeout_ms",
+                self.http.body_timeout_ms,
+                100,
+                3_600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "http.max_connections",
+                n(self.http.max_connections),
+                1,
+                65_536,
+                "connections",
+            ),
+            Bound::new(
+                "storage.reschedule_countdown",
+                st.reschedule_countdown,
+                30,
+                86_400,
+                "seconds",
+            )
+            .why("30 is the platform's minimum"),
+            Bound::new(
+                "storage.driver.server_selection_timeout_ms",
+                st.driver.server_selection_timeout_ms,
+                1,
+                600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "storage.driver.batch_max",
+                n(st.driver.batch_max),
+                1,
+                100_000,
+                "documents",
+            ),
+            Bound::new(
+                "storage.driver.batch_wait_ms",
+                st.driver.batch_wait_ms,
+                0,
+                10_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "storage.driver.operation_timeout_ms",
+                st.driver.operation_timeout_ms,
+                1,
+                3_600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "storage.data_api.request_timeout_ms",
+                st.data_api.request_timeout_ms,
+                1,
+                600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "storage.data_api.deadline_ms",
+                st.data_api.deadline_ms,
+                1,
+                3_600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "connect.background_task_max_execution_time",
+                c.background_task_max_execution_time,
+                1,
+                86_400,
+                "seconds",
+            ),
+            Bound::new(
+                "connect.interactive_task_max_execution_time",
+                c.interactive_task_max_execution_time,
+                1,
+                86_400,
+                "seconds",
+            ),
+            Bound::new(
+                "connect.setup_timeout",
+                c.setup_timeout,
+                1,
+                3_600,
+                "seconds",
+            ),
+            Bound::new(
+                "connect.max_in_flight",
+                n(c.max_in_flight),
+                1,
+                100_000,
+                "tasks",
+            ),
+            Bound::new(
+                "connect.rest_concurrency",
+                n(c.rest_concurrency),
+                1,
+                4_096,
+                "requests",
+            ),
+            Bound::new(
+                "connect.max_frame_bytes",
+                n(c.max_frame_bytes),
+                2 * MIB,
+                256 * MIB,
+                "bytes",
+            )
+            .why("at least 2 MiB, the platform's assumption"),
+            Bound::new(
+                "connect.ping_interval",
+                c.ping_interval,
+                1,
+                3_600,
+                "seconds",
+            ),
+            Bound::new(
+                "connect.result_buffer",
+                n(c.result_buffer),
+                1,
+                10_000_000,
+                "results",
+            ),
+            Bound::new(
+                "connect.result_buffer_bytes",
+                n(c.result_buffer_bytes),
+                1024,
+                16 * 1024 * MIB,
+                "bytes",
+            ),
+            Bound::new(
+                "telemetry.log_ship_queue",
+                n(self.telemetry.log_ship_queue),
+                1,
+                1_000_000,
+                "records",
+            ),
+            Bound::new(
+                "telemetry.log_ship_flush_ms",
+                self.telemetry.log_ship_flush_ms,
+                10,
+                600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "telemetry.log_ship_timeout_ms",
+                self.telemetry.log_ship_timeout_ms,
+                100,
+                600_000,
+                "milliseconds",
+            ),
+            Bound::new("shutdown.grace", self.shutdown.grace, 0, 3_600, "seconds"),
+        ]
+    }
+
+    /// The effective configuration as TOML-like JSON, secrets redacted (for `check-config`).
+    pub fn redacted_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("settings serialize")
+    }
+
+    /// Env names mapped to their (redacted) effective value; handy for docs and tests.
+    pub fn env_view(&self) -> BTreeMap<&'static str, String> {
+        let json = self.redacted_json();
+        ENV_VARS
+            .iter()
+            .map(|v| {
+                let mut cur = &json;
+                for part in v.key.split('.') {
+                    cur = &cur[part];
+                }
+                let shown = match cur {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (v.name, shown)
+            })
+            .collect()
+    }
+}
+
+/// Rewrites the `config` crate's messages so they name the environment variable too.
+fn map_config_error(e: config::ConfigError) -> ConfigError {
+    let msg = e.to_string();
+    // The crate reports `… for key \`a.b\`` (or "a.b"); find which of our keys it is.
+    let mut best: Option<&EnvVar> = None;
+    for v in ENV_VARS {
+        if msg.contains(v.key) && best.is_none_or(|b| v.key.len() > b.key.len()) {
+            best = Some(v);
+        }
+    }
+    match best {
+        Some(v) => {
+            let hint = accepted_values(v.key)
+                .map(|a| format!("; accepted: {a}"))
+                .unwrap_or_default();
+            ConfigError(format!("{} (config key `{}`): {msg}{hint}", v.name, v.key))
+        }
+        None => ConfigError(msg),
+    }
+}
+
+/// What a key accepts, for error messages the deserializer alone would leave vague.
+fn accepted_values(key: &str) -> Option<&'static str> {
+    let defaults = toml::Value::Table(DEFAULTS.parse::<toml::Table>().ok()?);
+    let mut cur = &defaults;
+    for part in key.split('.') {
+        cur = cur.get(part)?;
+    }
+    Some(match key {
+        "storage.id_strategy" => "state, task, generated",
+        "telemetry.log_format" => "text, json",
+        "http.listen" => "an address with a port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080",
+        _ => match cur {
+            toml::Value::Boolean(_) => "true, false",
+            toml::Value::Integer(_) => "a whole number ≥ 0",
+            _ => return None,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -3,6 +3,7 @@
 
 use super::ConnectError;
 use crate::config::Settings;
+use url::Url;
 
 /// The container id as the runner derives it (`/proc/1/cpuset`, else the overlay `upperdir`
 /// in `/proc/self/mountinfo`), else a random UUID.
@@ -33,19 +34,41 @@ pub fn default_instance_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// `(scheme, host[:port])` from an address that may carry a scheme.
-fn split_scheme(addr: &str) -> (Option<&str>, &str) {
-    match addr.split_once("://") {
-        Some((s, rest)) => (Some(s), rest.trim_end_matches('/')),
-        None => (None, addr.trim_end_matches('/')),
-    }
+/// The scheme written before `://`, if any (`h:1` has none: it is a host and a port).
+fn explicit_scheme(addr: &str) -> Option<&str> {
+    addr.split_once("://").map(|(scheme, _)| scheme)
+}
+
+/// `addr` parsed with `scheme`: the address's own scheme is replaced (the caller has mapped
+/// it), a scheme-less address gets it. Trailing slashes of the path are dropped.
+fn parse_with(setting: &str, addr: &str, scheme: &str) -> Result<Url, ConnectError> {
+    let rest = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let mut url = Url::parse(&format!("{scheme}://{rest}")).map_err(|e| {
+        ConnectError::Setup(format!("{setting}: `{addr}` is not a host or a URL: {e}"))
+    })?;
+    let path = url.path().trim_end_matches('/').to_string();
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// `url` with `segments` appended to its path (the path has no trailing slash).
+fn joined(url: &Url, segments: &str) -> String {
+    let mut url = url.clone();
+    let path = format!("{}/{segments}", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url.into()
 }
 
 /// The websocket base URL and the REST base URL (`…/public/v1/`) from the settings.
+///
+/// `SERVER_ADDRESS` takes `wss://`, `ws://` (and `https://`, `http://` as their synonyms) or no
+/// scheme (`wss`, `ws` with `CONNECT_INSECURE`). `API_ADDRESS` takes `https://`, `http://` (and
+/// `wss://`, `ws://`) or no scheme (`https`; `http` with `CONNECT_INSECURE`, or when it is empty
+/// and derived from a `ws` server address). A path in either address is kept as a prefix.
 pub fn endpoints(settings: &Settings, instance_id: &str) -> Result<(String, String), ConnectError> {
     let c = &settings.connect;
-    let (ws_scheme, ws_host) = split_scheme(c.server_address.trim());
-    let ws_scheme = match ws_scheme {
+    let server = c.server_address.trim();
+    let ws_scheme = match explicit_scheme(server) {
         Some("ws") | Some("http") => "ws",
         Some("wss") | Some("https") => "wss",
         None if c.insecure => "ws",
@@ -56,16 +79,13 @@ pub fn endpoints(settings: &Settings, instance_id: &str) -> Result<(String, Stri
             )))
         }
     };
-    let api = if c.api_address.trim().is_empty() {
-        ws_host.to_string()
-    } else {
-        c.api_address.trim().to_string()
-    };
-    let (api_scheme, api_host) = split_scheme(&api);
-    let api_scheme = match api_scheme {
+    let ws = parse_with("SERVER_ADDRESS", server, ws_scheme)?;
+    let api_address = c.api_address.trim();
+    let derived = api_address.is_empty();
+    let api_scheme = match explicit_scheme(api_address) {
         Some("http") | Some("ws") => "http",
         Some("https") | Some("wss") => "https",
-        None if c.insecure || (c.api_address.trim().is_empty() && ws_scheme == "ws") => "http",
+        None if c.insecure || (derived && ws_scheme == "ws") => "http",
         None => "https",
         Some(other) => {
             return Err(ConnectError::Setup(format!(
@@ -73,12 +93,19 @@ pub fn endpoints(settings: &Settings, instance_id: &str) -> Result<(String, Stri
             )))
         }
     };
+    let api = if derived {
+        // The server address without its scheme, under the REST scheme.
+        let host_and_path = &ws.as_str()[ws.scheme().len() + "://".len()..];
+        parse_with("SERVER_ADDRESS", host_and_path, api_scheme)?
+    } else {
+        parse_with("API_ADDRESS", api_address, api_scheme)?
+    };
     Ok((
-        format!(
-            "{ws_scheme}://{ws_host}/public/v1/devops/ws/{}/{instance_id}",
-            c.environment_id
+        joined(
+            &ws,
+            &format!("public/v1/devops/ws/{}/{instance_id}", c.environment_id),
         ),
-        format!("{api_scheme}://{api_host}/public/v1/"),
+        joined(&api, "public/v1/"),
     ))
 }
 

@@ -146,6 +146,132 @@ pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, ConnectError> {
     crate::tls::client_config().map_err(|e| ConnectError::Setup(format!("TLS: {e}")))
 }
 
+/// CONNECT_INSTANCE_ID, else the container id ([`default_instance_id`]).
+fn instance_id_of(c: &settings::Settings) -> String {
+    if c.instance_id.trim().is_empty() {
+        default_instance_id()
+    } else {
+        c.instance_id.trim().to_string()
+    }
+}
+
+/// HTTP(S)_PROXY / ALL_PROXY / NO_PROXY from the tuning's table (tests), else the process
+/// environment.
+fn proxy_of(tuning: &Tuning) -> Result<Option<proxy::Proxy>, ConnectError> {
+    match &tuning.proxy_env {
+        Some(vars) => proxy::Proxy::from_env(|k| vars.get(k).cloned()),
+        None => proxy::Proxy::from_env(|k| std::env::var(k).ok()),
+    }
+    .map_err(ConnectError::Setup)
+}
+
+/// The Connect REST client: the channel's TLS roots, proxy and `User-Agent`.
+fn http_client(
+    c: &settings::Settings,
+    tls: &rustls::ClientConfig,
+    proxy: Option<&proxy::Proxy>,
+    agent: &str,
+) -> Result<reqwest::Client, ConnectError> {
+    let mut http = reqwest::Client::builder().no_proxy();
+    if let Some(p) = proxy {
+        http = http.proxy(p.for_reqwest());
+    }
+    http.use_preconfigured_tls(tls.clone())
+        .user_agent(agent.to_string())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(c.rest_concurrency)
+        .build()
+        .map_err(|e| ConnectError::Setup(format!("HTTP client: {e}")))
+}
+
+/// The Connect REST calls at `rest_base` (`…/public/v1/`), retried as the tuning says.
+fn rest_client(
+    c: &settings::Settings,
+    http: reqwest::Client,
+    rest_base: &str,
+    tuning: &Tuning,
+    metrics: Arc<Metrics>,
+) -> rest::Rest {
+    rest::Rest::new(
+        http,
+        rest_base.to_string(),
+        tuning.rest_retries,
+        tuning.rest_retry_delay,
+        metrics,
+        c.rest_concurrency,
+        tuning.rest_max_body_bytes,
+    )
+}
+
+/// One INFO line with where the channel connects (credentials in the URLs redacted).
+fn log_configured(ws_base: &str, rest_base: &str, instance_id: &str, proxy: Option<&proxy::Proxy>) {
+    tracing::info!(
+        websocket = %crate::config::secret::redact_url(ws_base),
+        rest = %crate::config::secret::redact_url(rest_base),
+        instance_id = %instance_id,
+        proxy = ?proxy,
+        "Connect channel configured"
+    );
+}
+
+/// The scrubber of logged frames, knowing every configured secret.
+fn secret_scrubber(settings: &Settings) -> Arc<crate::redact::Scrubber> {
+    let scrubber = Arc::new(crate::redact::Scrubber::new());
+    for s in [
+        settings.connect.api_key.expose(),
+        settings.storage.data_api.api_key.expose(),
+        settings.storage.data_api.bearer_token.expose(),
+        settings.storage.data_api.password.expose(),
+        settings.storage.driver.password.expose(),
+        settings.storage.driver.uri.expose(),
+    ] {
+        scrubber.add(s);
+    }
+    scrubber
+}
+
+/// Answers validation tasks no handler claims: the draft unchanged, stored first with
+/// `connect.persist_interactive`.
+fn fallback_validation(
+    settings: &Settings,
+    storage: Arc<SharedStorage>,
+    metrics: Arc<Metrics>,
+) -> Arc<dyn Handler> {
+    Arc::new(EchoValidation::new(
+        settings.connect.persist_interactive.then(|| {
+            Arc::new(PersistHandler::new(
+                storage,
+                settings.storage.id_strategy,
+                settings.storage.reschedule_countdown,
+                metrics,
+            )) as Arc<dyn Handler>
+        }),
+    ))
+}
+
+/// The `setup_request` each channel sends after the upgrade.
+fn setup_request(settings: &Settings, registry: &Registry) -> SetupRequest {
+    let c = &settings.connect;
+    SetupRequest {
+        event_subscriptions: registry.event_subscriptions(),
+        ui_modules: None,
+        icon: None,
+        variables: live::declared_variables(settings),
+        schedulables: Vec::new(),
+        anvil_callables: None,
+        transformations: None,
+        audience: c.audience_list(),
+        repository: Repository {
+            readme_url: c.readme_url.clone(),
+            changelog_url: c.changelog_url.clone(),
+        },
+        runner_version: c.runner_version.clone(),
+        proxied_connect_api: None,
+        model_type: "setup_request",
+    }
+}
+
 /// Both events channels, ready to run.
 pub struct ConnectService {
     channels: Vec<Arc<Channel>>,
@@ -183,43 +309,14 @@ impl ConnectService {
         tuning: Tuning,
     ) -> Result<ConnectService, ConnectError> {
         let c = &settings.connect;
-        let instance_id = if c.instance_id.trim().is_empty() {
-            default_instance_id()
-        } else {
-            c.instance_id.trim().to_string()
-        };
+        let instance_id = instance_id_of(c);
         let (ws_base, rest_base) = endpoints(settings, &instance_id)?;
         let tls = tls_config()?;
-        let proxy = match &tuning.proxy_env {
-            Some(vars) => proxy::Proxy::from_env(|k| vars.get(k).cloned()),
-            None => proxy::Proxy::from_env(|k| std::env::var(k).ok()),
-        }
-        .map_err(ConnectError::Setup)?;
+        let proxy = proxy_of(&tuning)?;
         let agent = user_agent(&c.environment_id, &instance_id);
-        let mut http = reqwest::Client::builder().no_proxy();
-        if let Some(p) = &proxy {
-            http = http.proxy(p.for_reqwest());
-        }
-        let http = http
-            .use_preconfigured_tls((*tls).clone())
-            .user_agent(agent.clone())
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(c.rest_concurrency)
-            .build()
-            .map_err(|e| ConnectError::Setup(format!("HTTP client: {e}")))?;
+        let http = http_client(c, &tls, proxy.as_ref(), &agent)?;
 
-        let scrubber = Arc::new(crate::redact::Scrubber::new());
-        for s in [
-            c.api_key.expose(),
-            settings.storage.data_api.api_key.expose(),
-            settings.storage.data_api.bearer_token.expose(),
-            settings.storage.data_api.password.expose(),
-            settings.storage.driver.password.expose(),
-            settings.storage.driver.uri.expose(),
-        ] {
-            scrubber.add(s);
-        }
+        let scrubber = secret_scrubber(settings);
         let live = Arc::new(live::LiveConfig::new(
             settings.clone(),
             storage.clone(),
@@ -227,45 +324,12 @@ impl ConnectService {
             tuning.storage_rebuild_timeout,
         ));
         live.set_instance_id(&instance_id);
-        let fallback: Arc<dyn Handler> = Arc::new(EchoValidation::new(
-            settings.connect.persist_interactive.then(|| {
-                Arc::new(PersistHandler::new(
-                    storage.clone(),
-                    settings.storage.id_strategy,
-                    settings.storage.reschedule_countdown,
-                    metrics.clone(),
-                )) as Arc<dyn Handler>
-            }),
-        ));
-        let setup_request = SetupRequest {
-            event_subscriptions: registry.event_subscriptions(),
-            ui_modules: None,
-            icon: None,
-            variables: live::declared_variables(settings),
-            schedulables: Vec::new(),
-            anvil_callables: None,
-            transformations: None,
-            audience: c.audience_list(),
-            repository: Repository {
-                readme_url: c.readme_url.clone(),
-                changelog_url: c.changelog_url.clone(),
-            },
-            runner_version: c.runner_version.clone(),
-            proxied_connect_api: None,
-            model_type: "setup_request",
-        };
+        let fallback = fallback_validation(settings, storage, metrics.clone());
+        let setup_request = setup_request(settings, &registry);
         let shared = Arc::new(Shared {
             tasks: tasks::TaskContext {
                 registry,
-                rest: rest::Rest::new(
-                    http,
-                    rest_base.clone(),
-                    tuning.rest_retries,
-                    tuning.rest_retry_delay,
-                    metrics.clone(),
-                    c.rest_concurrency,
-                    tuning.rest_max_body_bytes,
-                ),
+                rest: rest_client(c, http, &rest_base, &tuning, metrics.clone()),
                 api_key: c.api_key.clone(),
                 fallback_validation: fallback,
                 background_timeout: Duration::from_secs(c.background_task_max_execution_time),
@@ -278,7 +342,7 @@ impl ConnectService {
             setup_request,
         });
         let grace = Duration::from_secs(settings.shutdown.grace);
-        let margin = tuning.flush_timeout.min(grace / 4);
+        let local_drain = grace.saturating_sub(tuning.flush_timeout.min(grace / 4));
         let channels = [RunnerType::Background, RunnerType::Interactive]
             .into_iter()
             .map(|runner_type| {
@@ -297,7 +361,7 @@ impl ConnectService {
                         platform_drain: Duration::from_secs(
                             c.background_task_max_execution_time + 90,
                         ),
-                        local_drain: grace.saturating_sub(margin),
+                        local_drain,
                         tls: Some(tls.clone()),
                         proxy: proxy.clone(),
                         tuning: tuning.clone(),
@@ -306,13 +370,7 @@ impl ConnectService {
                 )
             })
             .collect();
-        tracing::info!(
-            websocket = %crate::config::secret::redact_url(&ws_base),
-            rest = %crate::config::secret::redact_url(&rest_base),
-            instance_id = %instance_id,
-            proxy = ?proxy,
-            "Connect channel configured"
-        );
+        log_configured(&ws_base, &rest_base, &instance_id, proxy.as_ref());
         Ok(ConnectService {
             channels,
             instance_id,

@@ -149,6 +149,34 @@ pub struct RestSession<'a> {
     budget: Duration,
 }
 
+/// A network failure of the call to `path`.
+fn network_error(path: &str, message: String) -> RestError {
+    RestError::Network {
+        path: path.to_string(),
+        message,
+    }
+}
+
+/// A non-2xx answer: retriable when 5xx or 429, with the wait its `Retry-After` asks for.
+async fn error_answer(resp: reqwest::Response, path: &str) -> Attempt {
+    let code = resp.status().as_u16();
+    let wait = retry_after(resp.headers());
+    let body = match read_bounded(resp, ERROR_BODY_BYTES).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    Attempt::Failed {
+        outcome: format!("http_{code}"),
+        retriable: code >= 500 || code == 429,
+        wait,
+        err: RestError::Status {
+            path: path.to_string(),
+            status: code,
+            body: crate::sanitize::escaped_excerpt(&body, 300),
+        },
+    }
+}
+
 /// One attempt's outcome.
 enum Attempt {
     Ok(reqwest::header::HeaderMap, Vec<u8>, Option<Value>),
@@ -175,96 +203,11 @@ impl RestSession<'_> {
     ) -> Result<(reqwest::header::HeaderMap, Vec<u8>, Option<Value>), RestError> {
         let rest = self.rest;
         let url = format!("{}{}", rest.base, path);
-        let network = |message: String| RestError::Network {
-            path: path.to_string(),
-            message,
-        };
+        let network = |message: String| network_error(path, message);
         let mut attempt = 0;
         loop {
             let started = Instant::now();
-            let once = async {
-                let resp = match rest
-                    .client
-                    .get(&url)
-                    .header(reqwest::header::AUTHORIZATION, key)
-                    .send()
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Attempt::Failed {
-                            outcome: "error".into(),
-                            retriable: true,
-                            wait: None,
-                            err: network(error_chain(&e.without_url(), true)),
-                        }
-                    }
-                };
-                let status = resp.status();
-                if status.is_success() {
-                    let headers = resp.headers().clone();
-                    let body = match read_bounded(resp, rest.max_body_bytes).await {
-                        Ok(b) => b,
-                        Err(e) => {
-                            let message = match e {
-                                BodyError::TooLong => format!(
-                                    "the answer is longer than {} bytes",
-                                    rest.max_body_bytes
-                                ),
-                                BodyError::Network(m) => {
-                                    format!("the answer was cut off mid-read: {m}")
-                                }
-                            };
-                            return Attempt::Failed {
-                                outcome: "error".into(),
-                                retriable: true,
-                                wait: None,
-                                err: network(message),
-                            };
-                        }
-                    };
-                    if !json {
-                        return Attempt::Ok(headers, body, None);
-                    }
-                    return match serde_json::from_slice::<Value>(&body) {
-                        Ok(v) => Attempt::Ok(headers, body, Some(v)),
-                        Err(e) if e.is_eof() => Attempt::Failed {
-                            outcome: "error".into(),
-                            retriable: true,
-                            wait: None,
-                            err: network(format!(
-                                "the answer was cut off mid-read ({} bytes, JSON incomplete: {e})",
-                                body.len()
-                            )),
-                        },
-                        Err(e) => Attempt::Failed {
-                            outcome: "invalid".into(),
-                            retriable: false,
-                            wait: None,
-                            err: RestError::Invalid {
-                                path: path.to_string(),
-                                message: format!("the answer is not JSON: {e}"),
-                            },
-                        },
-                    };
-                }
-                let code = status.as_u16();
-                let wait = retry_after(resp.headers());
-                let body = match read_bounded(resp, ERROR_BODY_BYTES).await {
-                    Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-                    Err(_) => String::new(),
-                };
-                Attempt::Failed {
-                    outcome: format!("http_{code}"),
-                    retriable: code >= 500 || code == 429,
-                    wait,
-                    err: RestError::Status {
-                        path: path.to_string(),
-                        status: code,
-                        body: crate::sanitize::escaped_excerpt(&body, 300),
-                    },
-                }
-            };
+            let once = self.attempt(&url, path, key, json);
             let result = match tokio::time::timeout_at(self.deadline, once).await {
                 Ok(r) => r,
                 Err(_) => {
@@ -307,6 +250,83 @@ impl RestSession<'_> {
             attempt += 1;
             tracing::debug!(error = %err, attempt, wait_ms = pause.as_millis() as u64, "Connect REST call failed; retrying");
             tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// One GET: its answer read and classified (success, retriable or not).
+    async fn attempt(&self, url: &str, path: &str, key: &str, json: bool) -> Attempt {
+        let resp = match self
+            .rest
+            .client
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, key)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Failed {
+                    outcome: "error".into(),
+                    retriable: true,
+                    wait: None,
+                    err: network_error(path, error_chain(&e.without_url(), true)),
+                }
+            }
+        };
+        if resp.status().is_success() {
+            return self.success_answer(resp, path, json).await;
+        }
+        error_answer(resp, path).await
+    }
+
+    /// A 2xx answer: its body (bounded; cut off mid-read is retriable) and, with `json`, its
+    /// JSON (ending early is a cut-off body; other invalid JSON is not retried).
+    async fn success_answer(&self, resp: reqwest::Response, path: &str, json: bool) -> Attempt {
+        let rest = self.rest;
+        let headers = resp.headers().clone();
+        let body = match read_bounded(resp, rest.max_body_bytes).await {
+            Ok(b) => b,
+            Err(e) => {
+                let message = match e {
+                    BodyError::TooLong => {
+                        format!("the answer is longer than {} bytes", rest.max_body_bytes)
+                    }
+                    BodyError::Network(m) => format!("the answer was cut off mid-read: {m}"),
+                };
+                return Attempt::Failed {
+                    outcome: "error".into(),
+                    retriable: true,
+                    wait: None,
+                    err: network_error(path, message),
+                };
+            }
+        };
+        if !json {
+            return Attempt::Ok(headers, body, None);
+        }
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => Attempt::Ok(headers, body, Some(v)),
+            Err(e) if e.is_eof() => Attempt::Failed {
+                outcome: "error".into(),
+                retriable: true,
+                wait: None,
+                err: network_error(
+                    path,
+                    format!(
+                        "the answer was cut off mid-read ({} bytes, JSON incomplete: {e})",
+                        body.len()
+                    ),
+                ),
+            },
+            Err(e) => Attempt::Failed {
+                outcome: "invalid".into(),
+                retriable: false,
+                wait: None,
+                err: RestError::Invalid {
+                    path: path.to_string(),
+                    message: format!("the answer is not JSON: {e}"),
+                },
+            },
         }
     }
 

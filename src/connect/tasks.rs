@@ -171,9 +171,7 @@ fn is_empty_data(data: &Option<Value>) -> bool {
 async fn interactive(ctx: &TaskContext, task: &Task) -> TaskOutput {
     let event_type: EventType = task.input.event_type.parse().unwrap();
     let validation = event_type.is_validation();
-    let http_error = |message: &str| {
-        (!validation).then(|| json!({"http_status": 400, "headers": null, "body": message}))
-    };
+    let http_error = |message: &str| http_error_data(validation, message);
     if is_empty_data(&task.input.data) {
         let message = format!(
             "interactive task {} for `{}` carries no data (input.data is empty): nothing to handle",
@@ -234,6 +232,19 @@ async fn interactive(ctx: &TaskContext, task: &Task) -> TaskOutput {
         }
     };
     let runtime = started.elapsed().as_secs_f64();
+    interactive_answer(outcome, validation, data, runtime)
+}
+
+/// The `data` of an interactive failure: an HTTP 400 answer with the message (none for a
+/// validation, whose answer is the draft).
+fn http_error_data(validation: bool, message: &str) -> Option<Value> {
+    (!validation).then(|| json!({"http_status": 400, "headers": null, "body": message}))
+}
+
+/// The answer to an interactive task from its handler's outcome (`data` is the task's data,
+/// echoed when the handler gives none).
+fn interactive_answer(outcome: Outcome, validation: bool, data: Value, runtime: f64) -> TaskOutput {
+    let http_error = |message: &str| http_error_data(validation, message);
     let echo = || json!({"http_status": 200, "headers": null, "body": data});
     match outcome {
         Outcome::Done { data: d, .. } => TaskOutput {

@@ -40,6 +40,131 @@ fn endpoint_schemes() {
         .contains("SERVER_ADDRESS"));
 }
 
+/// `(SERVER_ADDRESS, API_ADDRESS, CONNECT_INSECURE)` → `(websocket URL, REST base)`.
+fn urls(server: &str, api: &str, insecure: bool) -> Result<(String, String), String> {
+    let s = settings(&[
+        ("ENVIRONMENT_ID", "ENV-1"),
+        ("SERVER_ADDRESS", server),
+        ("API_ADDRESS", api),
+        ("CONNECT_INSECURE", if insecure { "true" } else { "false" }),
+    ]);
+    endpoints(&s, "I").map_err(|e| e.to_string())
+}
+
+#[test]
+fn endpoints_from_every_address_shape() {
+    let ws = "/public/v1/devops/ws/ENV-1/I";
+    let cases: &[(&str, &str, bool, &str, &str)] = &[
+        // Scheme-less hosts: wss/https, or ws/http when insecure.
+        (
+            "api.cnct.info",
+            "",
+            false,
+            "wss://api.cnct.info",
+            "https://api.cnct.info",
+        ),
+        ("h", "", true, "ws://h", "http://h"),
+        ("h:1", "", false, "wss://h:1", "https://h:1"),
+        ("h:1", "a:2", true, "ws://h:1", "http://a:2"),
+        // Trailing slashes are dropped.
+        ("h/", "a//", false, "wss://h", "https://a"),
+        (
+            "wss://h:8443///",
+            "https://a:8443/",
+            false,
+            "wss://h:8443",
+            "https://a:8443",
+        ),
+        // ws/wss/http/https on either address, each mapped to its side.
+        ("ws://h", "", false, "ws://h", "http://h"),
+        ("wss://h", "", false, "wss://h", "https://h"),
+        ("http://h:9000", "", false, "ws://h:9000", "http://h:9000"),
+        ("https://h", "", false, "wss://h", "https://h"),
+        ("ws://h", "https://a", false, "ws://h", "https://a"),
+        ("wss://h", "ws://a:81", false, "wss://h", "http://a:81"),
+        ("h", "wss://a", true, "ws://h", "https://a"),
+        (
+            "ws://127.0.0.1:9000",
+            "http://127.0.0.1:9001",
+            false,
+            "ws://127.0.0.1:9000",
+            "http://127.0.0.1:9001",
+        ),
+        // IPv6 literals.
+        (
+            "[::1]:9000",
+            "",
+            true,
+            "ws://[::1]:9000",
+            "http://[::1]:9000",
+        ),
+        (
+            "wss://[2001:db8::7]",
+            "http://[::1]:81",
+            false,
+            "wss://[2001:db8::7]",
+            "http://[::1]:81",
+        ),
+        // Paths are kept as a prefix.
+        (
+            "h/connect",
+            "",
+            false,
+            "wss://h/connect",
+            "https://h/connect",
+        ),
+        (
+            "ws://h:1/a/b/",
+            "http://a/rest/",
+            false,
+            "ws://h:1/a/b",
+            "http://a/rest",
+        ),
+    ];
+    for (server, api, insecure, want_ws, want_api) in cases {
+        assert_eq!(
+            urls(server, api, *insecure),
+            Ok((format!("{want_ws}{ws}"), format!("{want_api}/public/v1/"))),
+            "SERVER_ADDRESS={server:?} API_ADDRESS={api:?} insecure={insecure}"
+        );
+    }
+}
+
+#[test]
+fn endpoints_refuse_other_schemes_and_unreadable_addresses() {
+    for (server, api, names) in [
+        (
+            "ftp://h",
+            "",
+            "SERVER_ADDRESS: scheme `ftp` is not accepted",
+        ),
+        (
+            "WSS://h",
+            "",
+            "SERVER_ADDRESS: scheme `WSS` is not accepted",
+        ),
+        ("h", "ftp://a", "API_ADDRESS: scheme `ftp` is not accepted"),
+        (
+            "h:99999",
+            "",
+            "SERVER_ADDRESS: `h:99999` is not a host or a URL",
+        ),
+        (
+            "wss://",
+            "",
+            "SERVER_ADDRESS: `wss://` is not a host or a URL",
+        ),
+        (
+            "h",
+            "http://a:x",
+            "API_ADDRESS: `http://a:x` is not a host or a URL",
+        ),
+    ] {
+        let err = urls(server, api, false).unwrap_err();
+        assert!(err.contains(names), "{server:?} {api:?}: {err}");
+    }
+}
+
 fn status(runner_type: RunnerType) -> Arc<ChannelStatus> {
     Arc::new(ChannelStatus::new(runner_type))
 }

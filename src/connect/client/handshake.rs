@@ -37,6 +37,15 @@ impl Channel {
         &self,
         url: &str,
     ) -> Result<(Ws, SetupResponse), HandshakeError> {
+        let mut ws = self.open(url).await?;
+        self.first_pong(&mut ws).await?;
+        let setup = self.exchange_setup(&mut ws).await?;
+        Ok((ws, setup))
+    }
+
+    /// The upgrade request (`User-Agent`, `Authorization`), the TCP connection (through the
+    /// proxy, if any) and the websocket upgrade, bounded by the open timeout.
+    async fn open(&self, url: &str) -> Result<Ws, HandshakeError> {
         let mut request = url
             .into_client_request()
             .map_err(|e| HandshakeError::Request(format!("invalid websocket URL: {e}")))?;
@@ -90,13 +99,16 @@ impl Channel {
                     other => format!("websocket handshake: {other}"),
                 })
         };
-        let (mut ws, _) = tokio::time::timeout(self.opts.tuning.open_timeout, open)
+        let (ws, _) = tokio::time::timeout(self.opts.tuning.open_timeout, open)
             .await
             .map_err(|_| "opening handshake timed out".to_string())
             .and_then(|r| r)
             .map_err(HandshakeError::Upgrade)?;
+        Ok(ws)
+    }
 
-        // Initial ping; the pong must come within the handshake ping timeout (the runner: 5 s).
+    /// Initial ping; the pong must come within the handshake ping timeout (the runner: 5 s).
+    async fn first_pong(&self, ws: &mut Ws) -> Result<(), HandshakeError> {
         ws.send(Message::Ping(Vec::new().into()))
             .await
             .map_err(|e| HandshakeError::Ping(format!("sending the initial ping: {e}")))?;
@@ -114,8 +126,12 @@ impl Channel {
             .await
             .map_err(|_| "no pong to the initial ping".to_string())
             .and_then(|r| r)
-            .map_err(HandshakeError::Ping)?;
+            .map_err(HandshakeError::Ping)
+    }
 
+    /// Sends the `setup_request` and reads the first answer, which must be a `setup_response`
+    /// (within CONNECT_SETUP_TIMEOUT).
+    async fn exchange_setup(&self, ws: &mut Ws) -> Result<SetupResponse, HandshakeError> {
         let frame = protocol::to_wire(&Envelope::new("setup_request", &self.shared.setup_request));
         ws.send(Message::Text(frame.into()))
             .await
@@ -150,7 +166,7 @@ impl Channel {
             .and_then(|r| r)
             .map_err(HandshakeError::Setup)?;
         match protocol::parse_frame(&text) {
-            Ok(Incoming::SetupResponse(r)) => Ok((ws, *r)),
+            Ok(Incoming::SetupResponse(r)) => Ok(*r),
             Ok(other) => Err(HandshakeError::Setup(format!(
                 "expected setup_response as the first answer, got {}",
                 match other {

@@ -15,10 +15,32 @@ use tokio_util::sync::CancellationToken;
 use super::inflight::{InFlight, Waiting};
 use super::outbox::OutFrame;
 use super::{Channel, End, Ws};
-use crate::connect::protocol::{self, Envelope, Incoming, Task, TaskOutput};
+use crate::connect::protocol::{self, Envelope, Incoming, Task, TaskOutput, UnreadableTask};
 use crate::connect::tasks;
 use crate::sanitize::escape_control;
 use crate::telemetry::{ResultLabels, TaskLabels};
+
+/// What the reader holds between frames.
+struct Intake {
+    /// Tasks read while every slot is busy, oldest first; bounded by count and bytes.
+    waiting: Waiting,
+    /// An answer given at once (busy `retry`, unreadable task `fail`) waiting for room in the
+    /// outbox. Only then does reading pause: the outbox is full only when the platform does
+    /// not take our frames, so it would not get our pongs either.
+    blocked: Option<OutFrame>,
+    /// Busy answers are being given (logged once per episode).
+    overflowing: bool,
+}
+
+/// What one read from the websocket gives the loop.
+enum Read {
+    /// The text of a frame to handle.
+    Text(tungstenite::Utf8Bytes),
+    /// Nothing to handle (a control frame, a skipped binary frame).
+    Skip,
+    /// The connection ends.
+    End(End),
+}
 
 impl Channel {
     pub(super) fn result_frame(&self, task: &Task, output: TaskOutput) -> OutFrame {
@@ -52,32 +74,13 @@ impl Channel {
         // Reading paused since the last ping (no room for an answer): a missing pong proves
         // nothing then.
         let mut paused = false;
-        // Tasks read while every slot is busy, oldest first; bounded by count and bytes.
-        let mut waiting = Waiting::new(
-            self.opts
-                .max_in_flight
-                .max(self.opts.tuning.waiting_tasks_floor)
-                .max(1),
-            self.opts.tuning.waiting_task_bytes,
-        );
-        // An answer given at once (busy `retry`, unreadable task `fail`) waiting for room in the
-        // outbox. Only then does reading pause: the outbox is full only when the platform does
-        // not take our frames, so it would not get our pongs either.
-        let mut blocked: Option<OutFrame> = None;
-        // Busy answers are being given (logged once per episode).
-        let mut overflowing = false;
+        let mut intake = self.new_intake();
         let end = loop {
-            while !waiting.is_empty() {
-                let Ok(p) = self.slots.clone().try_acquire_owned() else {
-                    break;
-                };
-                let task = waiting.pop().expect("not empty");
-                self.spawn_task(*task, p);
-            }
-            if blocked.is_some() {
+            self.start_waiting(&mut intake.waiting);
+            if intake.blocked.is_some() {
                 paused = true;
             }
-            let blocked_len = blocked.as_ref().map_or(0, |f| f.text.len());
+            let blocked_len = intake.blocked.as_ref().map_or(0, |f| f.text.len());
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break End::LocalStop,
@@ -93,153 +96,241 @@ impl Channel {
                     awaiting_pong = true;
                     paused = false;
                 }
-                p = self.slots.clone().acquire_owned(), if !waiting.is_empty() => {
-                    if let (Ok(p), Some(task)) = (p, waiting.pop()) {
+                p = self.slots.clone().acquire_owned(), if !intake.waiting.is_empty() => {
+                    if let (Ok(p), Some(task)) = (p, intake.waiting.pop()) {
                         self.spawn_task(*task, p);
                     }
                 }
-                permits = self.outbox.reserve(blocked_len), if blocked.is_some() => {
-                    let frame = blocked.take().expect("guarded by the select condition");
+                permits = self.outbox.reserve(blocked_len), if intake.blocked.is_some() => {
+                    let frame = intake.blocked.take().expect("guarded by the select condition");
                     self.outbox.push_reserved(frame, permits);
                 }
-                msg = stream.next(), if blocked.is_none() => {
-                    let text = match msg {
-                        None => break End::Dropped("connection closed".into()),
-                        Some(Err(tungstenite::Error::Capacity(e))) => {
-                            tracing::warn!(channel = self.name(), error = %e, limit = self.opts.max_frame_bytes, "frame above CONNECT_MAX_FRAME_BYTES: closing with 1009 (message too big) and reconnecting");
-                            let _ = ctl_tx.send(Message::Close(Some(CloseFrame {
-                                code: CloseCode::Size,
-                                reason: "message too big".into(),
-                            })));
-                            break End::Closed(format!("a frame above CONNECT_MAX_FRAME_BYTES ({e}); closed with 1009"));
-                        }
-                        Some(Err(tungstenite::Error::Utf8)) => {
-                            tracing::warn!(channel = self.name(), "text frame that is not UTF-8: closing with 1007 (invalid data) and reconnecting");
-                            let _ = ctl_tx.send(Message::Close(Some(CloseFrame {
-                                code: CloseCode::Invalid,
-                                reason: "invalid UTF-8".into(),
-                            })));
-                            break End::Closed("a text frame that is not UTF-8; closed with 1007".into());
-                        }
-                        Some(Err(e)) => break End::Dropped(e.to_string()),
-                        Some(Ok(m)) => {
-                            awaiting_pong = false;
-                            match m {
-                                Message::Text(t) => t,
-                                Message::Binary(b) => match tungstenite::Utf8Bytes::try_from(b.clone()) {
-                                    Ok(s) => s,
-                                    Err(_) => {
-                                        tracing::warn!(channel = self.name(), bytes = b.len(), "binary frame that is not UTF-8 skipped");
-                                        continue;
-                                    }
-                                },
-                                Message::Close(c) => {
-                                    break End::Dropped(match c {
-                                        Some(c) => format!("the platform closed the connection ({} {})", u16::from(c.code), escape_control(&c.reason)),
-                                        None => "the platform closed the connection".into(),
-                                    })
-                                }
-                                _ => continue,
-                            }
-                        }
+                msg = stream.next(), if intake.blocked.is_none() => {
+                    let text = match self.read_frame(msg, ctl_tx, &mut awaiting_pong) {
+                        Read::Text(text) => text,
+                        Read::Skip => continue,
+                        Read::End(end) => break end,
                     };
-                    match protocol::parse_frame(&text) {
-                        Ok(Incoming::Task(task)) => {
-                            self.count_received(&task.input.event_type, &tasks::category_label(&task));
-                            if waiting.is_empty() {
-                                if let Ok(p) = self.slots.clone().try_acquire_owned() {
-                                    self.spawn_task(*task, p);
-                                    continue;
-                                }
-                            }
-                            let pushed = waiting.push(task, text.len());
-                            if pushed.is_ok() {
-                                overflowing = false;
-                            }
-                            if let Err(task) = pushed {
-                                let out = tasks::retry(format!(
-                                    "the extension is busy: {} tasks running and {} waiting (CONNECT_MAX_IN_FLIGHT); please redeliver task {}",
-                                    self.in_flight(),
-                                    waiting.len(),
-                                    task.options.task_id
-                                ));
-                                // Once per episode at WARN (a burst must not flood the log).
-                                if !overflowing {
-                                    overflowing = true;
-                                    tracing::warn!(
-                                        channel = self.name(),
-                                        in_flight = self.in_flight(),
-                                        waiting = waiting.len(),
-                                        "every slot busy and the waiting queue full: new tasks are answered `retry` until there is room"
-                                    );
-                                }
-                                tracing::debug!(
-                                    channel = self.name(),
-                                    task_id = %escape_control(&task.options.task_id),
-                                    "task answered `retry`: busy"
-                                );
-                                let frame = self.result_frame(&task, out);
-                                blocked = self.answer_now(frame);
-                            }
-                        }
-                        Ok(Incoming::UnreadableTask(u)) => {
-                            let category = match u.task_category.as_str() {
-                                c @ ("background" | "interactive" | "scheduled") => c.to_string(),
-                                _ => "other".into(),
-                            };
-                            self.count_received(&u.event_type, &category);
-                            let reason = self.shared.scrubber.scrub(&u.reason);
-                            tracing::warn!(
-                                channel = self.name(),
-                                task_id = %escape_control(&u.task_id),
-                                error = %escape_control(&reason),
-                                frame = %self.shared.scrubber.excerpt(&text),
-                                "task frame skipped: it cannot be read; answered `fail`"
-                            );
-                            let out = TaskOutput {
-                                result: "fail".into(),
-                                data: None,
-                                countdown: 0,
-                                runtime: 0.0,
-                                message: Some(format!("the task frame could not be read: {reason}")),
-                            };
-                            let labels = ResultLabels {
-                                event_type: crate::events::labels::event_type_label_of(&u.event_type),
-                                category,
-                                result: out.result.clone(),
-                            };
-                            let frame = OutFrame {
-                                text: u.answer(&out).into(),
-                                labels: Some(labels),
-                                _space: None,
-                                _bytes: None,
-                            };
-                            blocked = self.answer_now(frame);
-                        }
-                        Ok(Incoming::SetupResponse(r)) => {
-                            // Merge now (arrival order); a storage rebuild runs beside the
-                            // reader, never in its way.
-                            let merged = self.shared.live.merge(&r);
-                            let me = self.clone();
-                            tokio::spawn(async move { me.shared.live.activate(me.name(), merged).await });
-                        }
-                        Ok(Incoming::Shutdown) => {
-                            tracing::info!(channel = self.name(), in_flight = self.in_flight(), waiting = waiting.len(), "the platform asked to shut down; draining in-flight tasks");
-                            break End::PlatformShutdown;
-                        }
-                        Err(e) => {
-                            tracing::warn!(
-                                channel = self.name(),
-                                error = %e,
-                                frame = %self.shared.scrubber.excerpt(&text),
-                                "frame skipped"
-                            );
-                        }
+                    if let Some(end) = self.handle_frame(&text, &mut intake) {
+                        break end;
                     }
                 }
             }
         };
-        // An answer already decided is kept (the outbox survives reconnects).
+        self.settle_intake(&end, intake);
+        end
+    }
+
+    /// The reader's holdings at the start of a connection: nothing waiting, nothing blocked.
+    fn new_intake(&self) -> Intake {
+        Intake {
+            waiting: Waiting::new(
+                self.opts
+                    .max_in_flight
+                    .max(self.opts.tuning.waiting_tasks_floor)
+                    .max(1),
+                self.opts.tuning.waiting_task_bytes,
+            ),
+            blocked: None,
+            overflowing: false,
+        }
+    }
+
+    /// Starts waiting tasks, oldest first, while a slot is free.
+    fn start_waiting(self: &Arc<Self>, waiting: &mut Waiting) {
+        while !waiting.is_empty() {
+            let Ok(p) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let task = waiting.pop().expect("not empty");
+            self.spawn_task(*task, p);
+        }
+    }
+
+    /// What a read from the websocket gives: the text of a frame, nothing to handle, or the end
+    /// of the connection (a frame too big or not UTF-8 is answered with a close frame first).
+    /// Any frame read proves the connection alive (`awaiting_pong` is cleared).
+    fn read_frame(
+        &self,
+        msg: Option<Result<Message, tungstenite::Error>>,
+        ctl_tx: &mpsc::UnboundedSender<Message>,
+        awaiting_pong: &mut bool,
+    ) -> Read {
+        match msg {
+            None => Read::End(End::Dropped("connection closed".into())),
+            Some(Err(tungstenite::Error::Capacity(e))) => {
+                tracing::warn!(channel = self.name(), error = %e, limit = self.opts.max_frame_bytes, "frame above CONNECT_MAX_FRAME_BYTES: closing with 1009 (message too big) and reconnecting");
+                let _ = ctl_tx.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "message too big".into(),
+                })));
+                Read::End(End::Closed(format!(
+                    "a frame above CONNECT_MAX_FRAME_BYTES ({e}); closed with 1009"
+                )))
+            }
+            Some(Err(tungstenite::Error::Utf8)) => {
+                tracing::warn!(channel = self.name(), "text frame that is not UTF-8: closing with 1007 (invalid data) and reconnecting");
+                let _ = ctl_tx.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Invalid,
+                    reason: "invalid UTF-8".into(),
+                })));
+                Read::End(End::Closed(
+                    "a text frame that is not UTF-8; closed with 1007".into(),
+                ))
+            }
+            Some(Err(e)) => Read::End(End::Dropped(e.to_string())),
+            Some(Ok(m)) => {
+                *awaiting_pong = false;
+                match m {
+                    Message::Text(t) => Read::Text(t),
+                    Message::Binary(b) => match tungstenite::Utf8Bytes::try_from(b.clone()) {
+                        Ok(s) => Read::Text(s),
+                        Err(_) => {
+                            tracing::warn!(
+                                channel = self.name(),
+                                bytes = b.len(),
+                                "binary frame that is not UTF-8 skipped"
+                            );
+                            Read::Skip
+                        }
+                    },
+                    Message::Close(c) => Read::End(End::Dropped(match c {
+                        Some(c) => format!(
+                            "the platform closed the connection ({} {})",
+                            u16::from(c.code),
+                            escape_control(&c.reason)
+                        ),
+                        None => "the platform closed the connection".into(),
+                    })),
+                    _ => Read::Skip,
+                }
+            }
+        }
+    }
+
+    /// Handles the text of one frame; the end of the connection when the platform asks to shut
+    /// down.
+    fn handle_frame(self: &Arc<Self>, text: &str, intake: &mut Intake) -> Option<End> {
+        match protocol::parse_frame(text) {
+            Ok(Incoming::Task(task)) => self.admit_task(task, text.len(), intake),
+            Ok(Incoming::UnreadableTask(u)) => {
+                let frame = self.unreadable_answer(&u, text);
+                intake.blocked = self.answer_now(frame);
+            }
+            Ok(Incoming::SetupResponse(r)) => {
+                // Merge now (arrival order); a storage rebuild runs beside the
+                // reader, never in its way.
+                let merged = self.shared.live.merge(&r);
+                let me = self.clone();
+                tokio::spawn(async move { me.shared.live.activate(me.name(), merged).await });
+            }
+            Ok(Incoming::Shutdown) => {
+                tracing::info!(
+                    channel = self.name(),
+                    in_flight = self.in_flight(),
+                    waiting = intake.waiting.len(),
+                    "the platform asked to shut down; draining in-flight tasks"
+                );
+                return Some(End::PlatformShutdown);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    channel = self.name(),
+                    error = %e,
+                    frame = %self.shared.scrubber.excerpt(text),
+                    "frame skipped"
+                );
+            }
+        }
+        None
+    }
+
+    /// A task read: started in a free slot when none waits before it, else queued, else
+    /// answered `retry` at once (busy).
+    fn admit_task(self: &Arc<Self>, task: Box<Task>, frame_len: usize, intake: &mut Intake) {
+        self.count_received(&task.input.event_type, &tasks::category_label(&task));
+        if intake.waiting.is_empty() {
+            if let Ok(p) = self.slots.clone().try_acquire_owned() {
+                self.spawn_task(*task, p);
+                return;
+            }
+        }
+        let waiting = &mut intake.waiting;
+        let pushed = waiting.push(task, frame_len);
+        if pushed.is_ok() {
+            intake.overflowing = false;
+        }
+        if let Err(task) = pushed {
+            let out = tasks::retry(format!(
+                "the extension is busy: {} tasks running and {} waiting (CONNECT_MAX_IN_FLIGHT); please redeliver task {}",
+                self.in_flight(),
+                waiting.len(),
+                task.options.task_id
+            ));
+            // Once per episode at WARN (a burst must not flood the log).
+            if !intake.overflowing {
+                intake.overflowing = true;
+                tracing::warn!(
+                    channel = self.name(),
+                    in_flight = self.in_flight(),
+                    waiting = waiting.len(),
+                    "every slot busy and the waiting queue full: new tasks are answered `retry` until there is room"
+                );
+            }
+            tracing::debug!(
+                channel = self.name(),
+                task_id = %escape_control(&task.options.task_id),
+                "task answered `retry`: busy"
+            );
+            let frame = self.result_frame(&task, out);
+            intake.blocked = self.answer_now(frame);
+        }
+    }
+
+    /// The `fail` answer to a task frame that cannot be read (counted and logged here).
+    fn unreadable_answer(&self, u: &UnreadableTask, text: &str) -> OutFrame {
+        let category = match u.task_category.as_str() {
+            c @ ("background" | "interactive" | "scheduled") => c.to_string(),
+            _ => "other".into(),
+        };
+        self.count_received(&u.event_type, &category);
+        let reason = self.shared.scrubber.scrub(&u.reason);
+        tracing::warn!(
+            channel = self.name(),
+            task_id = %escape_control(&u.task_id),
+            error = %escape_control(&reason),
+            frame = %self.shared.scrubber.excerpt(text),
+            "task frame skipped: it cannot be read; answered `fail`"
+        );
+        let out = TaskOutput {
+            result: "fail".into(),
+            data: None,
+            countdown: 0,
+            runtime: 0.0,
+            message: Some(format!("the task frame could not be read: {reason}")),
+        };
+        let labels = ResultLabels {
+            event_type: crate::events::labels::event_type_label_of(&u.event_type),
+            category,
+            result: out.result.clone(),
+        };
+        OutFrame {
+            text: u.answer(&out).into(),
+            labels: Some(labels),
+            _space: None,
+            _bytes: None,
+        }
+    }
+
+    /// After the loop: an answer already decided is kept (the outbox survives reconnects);
+    /// tasks that never started are answered `retry` on a shutdown, left to the platform's
+    /// redelivery on a lost connection.
+    fn settle_intake(&self, end: &End, intake: Intake) {
+        let Intake {
+            mut waiting,
+            blocked,
+            ..
+        } = intake;
         if let Some(frame) = blocked {
             self.outbox.push_now(frame);
         }
@@ -270,7 +361,6 @@ impl Channel {
                 }
             }
         }
-        end
     }
 
     /// Queues an answer given without running a task, if the outbox has room; else hands it back

@@ -18,7 +18,7 @@
 //! **Errors.** A [`StorageError`] has a backend, a message and an [`ErrorKind`];
 //! [`ErrorKind::is_retriable`] is the one place that decides whether an event is answered
 //! `reschedule` (transient: try again later, nothing lost) or `fail` (permanent). Only
-//! [`ErrorKind::RejectedDocument`] ([`ErrorKind::RejectedDocument`]) — about this document — is
+//! [`ErrorKind::RejectedDocument`] — about this document — is
 //! permanent. Backends build errors with the constructors (`StorageError::unavailable(…)`, …).
 //!
 //! **Health.** [`SharedStorage`] keeps one health state fed by every save result and every

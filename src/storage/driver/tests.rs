@@ -1,5 +1,5 @@
 use super::codec::{bson_to_json, json_to_bson};
-use super::uri::uri_password;
+use super::uri::{scrub_error, uri_password};
 use super::*;
 use crate::config::Settings;
 use crate::storage::ErrorKind;
@@ -33,6 +33,20 @@ fn uri_password_is_found_and_scrubbed() {
         scrub("bad s@cret and s%40cret".into(), &secrets),
         "bad *** and ***"
     );
+}
+
+#[test]
+fn a_source_that_shows_a_secret_is_dropped_when_scrubbing() {
+    let secrets = vec!["s@cret".to_string()];
+    let leaking = StorageError::unavailable(BACKEND, "auth s@cret")
+        .with_source(std::io::Error::other("password s@cret refused"));
+    let e = scrub_error(leaking, &secrets);
+    assert_eq!(e.to_string(), "driver storage unavailable: auth ***");
+    assert!(std::error::Error::source(&e).is_none());
+    let clean = StorageError::unavailable(BACKEND, "down")
+        .with_source(std::io::Error::other("connection refused"));
+    let e = scrub_error(clean, &secrets);
+    assert!(std::error::Error::source(&e).is_some());
 }
 
 #[test]

@@ -115,16 +115,10 @@ mod tests {
     use super::*;
 
     fn unavailable() -> StorageError {
-        StorageError::Unavailable {
-            backend: "t",
-            message: "down".into(),
-        }
+        StorageError::unavailable("t", "down")
     }
     fn rejected() -> StorageError {
-        StorageError::Rejected {
-            backend: "t",
-            message: "bad".into(),
-        }
+        StorageError::rejected("t", "bad")
     }
 
     #[test]

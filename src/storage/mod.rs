@@ -18,7 +18,7 @@
 //! **Errors.** A [`StorageError`] has a backend, a message and an [`ErrorKind`];
 //! [`ErrorKind::is_retriable`] is the one place that decides whether an event is answered
 //! `reschedule` (transient: try again later, nothing lost) or `fail` (permanent). Only
-//! [`ErrorKind::RejectedDocument`] ([`StorageError::Rejected`]) — about this document — is
+//! [`ErrorKind::RejectedDocument`] — about this document — is
 //! permanent. Backends build errors with the constructors (`StorageError::unavailable(…)`, …).
 //!
 //! **Health.** [`SharedStorage`] keeps one health state fed by every save result and every
@@ -223,7 +223,7 @@ pub struct Health {
 
 impl Health {
     /// Records one result. A store fault (a retriable error) makes it failing; a success makes it
-    /// healthy; an error about a document ([`StorageError::Rejected`]) says nothing about the
+    /// healthy; an error about a document ([`ErrorKind::RejectedDocument`]) says nothing about the
     /// store and changes nothing. Logs the change healthy → failing at ERROR and failing →
     /// healthy at INFO, each once; a fault while already failing only updates the reason.
     pub fn record<T>(&self, backend: &str, result: &Result<T, StorageError>) -> HealthChange {
@@ -391,17 +391,13 @@ mod tests {
     #[test]
     fn health_logs_each_state_change_once() {
         let down = || -> Result<(), StorageError> {
-            Err(StorageError::Unavailable {
-                backend: "local",
-                message: "attempt to write a readonly database".into(),
-            })
+            Err(StorageError::unavailable(
+                "local",
+                "attempt to write a readonly database",
+            ))
         };
-        let rejected = || -> Result<(), StorageError> {
-            Err(StorageError::Rejected {
-                backend: "local",
-                message: "too big".into(),
-            })
-        };
+        let rejected =
+            || -> Result<(), StorageError> { Err(StorageError::rejected("local", "too big")) };
         let health = Health::default();
         let mut changes = Vec::new();
         let log = captured_log(|| {
@@ -458,30 +454,10 @@ mod tests {
     fn retriable_classification() {
         let b = "x";
         let m = String::new;
-        assert!(StorageError::Unavailable {
-            backend: b,
-            message: m()
-        }
-        .is_retriable());
-        assert!(StorageError::Timeout {
-            backend: b,
-            message: m()
-        }
-        .is_retriable());
-        assert!(!StorageError::Rejected {
-            backend: b,
-            message: m()
-        }
-        .is_retriable());
-        assert!(StorageError::Config {
-            backend: b,
-            message: m()
-        }
-        .is_retriable());
-        assert!(StorageError::Internal {
-            backend: b,
-            message: m()
-        }
-        .is_retriable());
+        assert!(StorageError::unavailable(b, m()).is_retriable());
+        assert!(StorageError::timeout(b, m()).is_retriable());
+        assert!(!StorageError::rejected(b, m()).is_retriable());
+        assert!(StorageError::config(b, m()).is_retriable());
+        assert!(StorageError::internal(b, m()).is_retriable());
     }
 }

@@ -74,6 +74,8 @@ pub struct ApiError {
     pub duplicate: Option<DuplicateOn>,
     /// Requests made for this call.
     pub attempts: u32,
+    /// The transport error, without its URL: the [`StorageError`]'s source.
+    pub(super) source: Option<std::sync::Arc<reqwest::Error>>,
 }
 
 impl ApiError {
@@ -90,6 +92,7 @@ impl ApiError {
             location: None,
             duplicate: None,
             attempts: 0,
+            source: None,
         }
     }
 
@@ -165,6 +168,7 @@ impl ApiError {
             location: None,
             duplicate,
             attempts: 0,
+            source: None,
         }
     }
 
@@ -247,11 +251,20 @@ impl ApiError {
     }
 
     /// The storage error this comes to, naming `credentials` (the settings in use) when they were
-    /// refused. Only an answer about the document is [`StorageError::Rejected`] (`fail`);
+    /// refused. Only an answer about the document is [`ErrorKind::RejectedDocument`](crate::storage::ErrorKind::RejectedDocument) (`fail`);
     /// redirects, refused credentials, unknown endpoints and refused requests are
-    /// [`StorageError::Config`]; the rest `Unavailable`/`Timeout`. All but `Rejected` are
+    /// [`ErrorKind::Config`](crate::storage::ErrorKind::Config); the rest `Unavailable`/`Timeout`. All but `Rejected` are
     /// retriable: the event is rescheduled and nothing is lost.
     pub fn into_storage_error_with(self, credentials: &str) -> StorageError {
+        let source = self.source.clone();
+        let err = self.storage_error_without_source(credentials);
+        match source {
+            Some(source) => err.with_source(source),
+            None => err,
+        }
+    }
+
+    fn storage_error_without_source(self, credentials: &str) -> StorageError {
         let message = self.describe();
         let config = |message: String| StorageError::config(BACKEND, message);
         match self.kind {
@@ -393,6 +406,9 @@ pub(super) fn reqwest_error(action: &str, e: reqwest::Error) -> Box<ApiError> {
         ApiErrorKind::Transport
     };
     // Without the URL (it could carry a `secret` query parameter); with the causes.
-    let message = error_chain(&e.without_url(), false);
-    Box::new(ApiError::transport(action, kind, message))
+    let e = e.without_url();
+    let message = error_chain(&e, false);
+    let mut err = ApiError::transport(action, kind, message);
+    err.source = Some(std::sync::Arc::new(e));
+    Box::new(err)
 }

@@ -22,7 +22,7 @@
 //!
 //! **Retries.** Connect errors, timeouts, resets, 429 and 5xx are retried with full-jitter
 //! exponential backoff, honouring `Retry-After`, within a per-request timeout and an overall
-//! deadline; then the error is [`StorageError::Unavailable`] / [`StorageError::Timeout`] (retriable:
+//! deadline; then the error is [`ErrorKind::Unavailable`](crate::storage::ErrorKind::Unavailable) / [`ErrorKind::Timeout`](crate::storage::ErrorKind::Timeout) (retriable:
 //! the event is answered `reschedule`). 4xx answers, duplicates (whatever their status),
 //! redirects and unexpected 2xx answers are not retried at once.
 //!

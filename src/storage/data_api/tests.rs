@@ -5,6 +5,7 @@ use super::errors::{
 };
 use super::insert::{check_inserted, duplicate_position};
 use super::*;
+use crate::storage::ErrorKind;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::StatusCode;
 use std::time::SystemTime;
@@ -93,10 +94,7 @@ fn duplicate_key_answers() {
         b"Failed to insert document: FunctionError: mongodb insert: argument must be an object",
     );
     assert!(!other.is_duplicate_key());
-    assert!(matches!(
-        other.into_storage_error(),
-        StorageError::Rejected { .. }
-    ));
+    assert!(other.into_storage_error().kind() == ErrorKind::RejectedDocument);
 }
 
 #[test]
@@ -116,9 +114,9 @@ fn only_a_400_about_the_document_is_permanent() {
         "Failed to insert document: FunctionError: (BSONObjectTooLarge) object to insert too large",
         "Failed to insert document: FunctionError: (DollarPrefixedFieldName) $x is not valid for storage",
     ] {
-        assert!(matches!(kind(400, body), StorageError::Rejected { .. }), "{body}");
+        assert!(kind(400, body).kind() == ErrorKind::RejectedDocument, "{body}");
     }
-    assert!(matches!(kind(413, ""), StorageError::Rejected { .. }));
+    assert!(kind(413, "").kind() == ErrorKind::RejectedDocument);
     for (status, body) in [
         (
             400,
@@ -147,10 +145,7 @@ fn only_a_400_about_the_document_is_permanent() {
         (301, ""),
     ] {
         let e = kind(status, body);
-        assert!(
-            matches!(e, StorageError::Config { .. }),
-            "{status} {body}: {e}"
-        );
+        assert!(e.kind() == ErrorKind::Config, "{status} {body}: {e}");
         assert!(e.is_retriable());
     }
     for status in [405, 409, 429, 500, 503] {

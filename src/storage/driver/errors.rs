@@ -53,6 +53,10 @@ pub fn classify_code(code: i32, message: String) -> StorageError {
 
 /// Classifies a driver error: retriable (`Unavailable`/`Timeout`) or permanent (`Rejected`).
 pub fn classify(e: &MongoError) -> StorageError {
+    classify_kind(e).with_source(e.clone())
+}
+
+fn classify_kind(e: &MongoError) -> StorageError {
     let message = describe(e);
     let backend = BACKEND;
     match e.kind.as_ref() {

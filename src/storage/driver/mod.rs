@@ -9,8 +9,8 @@
 //! `mongodb+srv://{DB_USER}:{DB_PASSWORD}@{DB_HOST}/` is built, with user and password
 //! percent-encoded exactly as Python's `urllib.parse.quote(s, safe='')` does ([`encode_credential`]).
 //! `DRIVER_SERVER_SELECTION_TIMEOUT_MS` (default 5 s) and `DRIVER_WRITE_CONCERN` override the
-//! corresponding URI options. Start-up fails with [`StorageError::Config`] (bad URI, bad write
-//! concern, failed authentication) or [`StorageError::Unavailable`] (cluster unreachable), the
+//! corresponding URI options. Start-up fails with [`ErrorKind::Config`](crate::storage::ErrorKind::Config) (bad URI, bad write
+//! concern, failed authentication) or [`ErrorKind::Unavailable`](crate::storage::ErrorKind::Unavailable) (cluster unreachable), the
 //! message naming the setting and showing the URI with its password replaced by `***`.
 //!
 //! **One client per process.** Clients are cached by (connection string, server selection timeout,

@@ -97,6 +97,11 @@ pub(super) fn scrub_error(e: StorageError, secrets: &[String]) -> StorageError {
     if secrets.is_empty() {
         return e;
     }
+    // The source is not scrubbed: kept only when no secret shows in its text.
+    let leaks = e
+        .source_text()
+        .is_some_and(|t| secrets.iter().any(|s| t.contains(s.as_str())));
+    let e = if leaks { e.without_source() } else { e };
     e.map_message(|m| scrub(m, secrets))
 }
 

@@ -17,10 +17,10 @@
 //!
 //! **Errors.** Every SQLite error about the store — `READONLY` (a read-only remount), `CORRUPT`,
 //! `NOTADB`, `NOMEM`, `PERM`, `IOERR`, `FULL`, `CANTOPEN`, `BUSY`, `LOCKED`, `PROTOCOL`… — is
-//! [`StorageError::Unavailable`] (the event is redelivered, nothing lost); only an error about the
-//! document itself (`TOOBIG`, a body that cannot be encoded) is [`StorageError::Rejected`], and
+//! [`ErrorKind::Unavailable`](crate::storage::ErrorKind::Unavailable) (the event is redelivered, nothing lost); only an error about the
+//! document itself (`TOOBIG`, a body that cannot be encoded) is [`ErrorKind::RejectedDocument`](crate::storage::ErrorKind::RejectedDocument), and
 //! only for that document, never its neighbours in the group. A save that gets no answer from the
-//! writer within its bound ([`SAVE_TIMEOUT`]) is a retriable [`StorageError::Timeout`].
+//! writer within its bound ([`SAVE_TIMEOUT`]) is a retriable [`ErrorKind::Timeout`](crate::storage::ErrorKind::Timeout).
 //!
 //! **Readiness.** [`Storage::ping`] probes what a save needs: `BEGIN IMMEDIATE`, a write statement
 //! that changes nothing, `ROLLBACK` on the write connection, through the writer thread (bounded by [`PING_TIMEOUT`]), plus a read.
@@ -45,7 +45,7 @@ const BACKEND: &str = "local";
 pub const MAX_GROUP: usize = 1024;
 const FILE_NAME: &str = "events.sqlite3";
 /// Longest a save waits for the writer (queueing, SQLite's 5 s busy timeout, the fsync) before it
-/// is answered with a retriable [`StorageError::Timeout`] (the document may still be committed
+/// is answered with a retriable [`ErrorKind::Timeout`](crate::storage::ErrorKind::Timeout) (the document may still be committed
 /// later: the deterministic `_id` makes the redelivery a duplicate).
 pub const SAVE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest the readiness write probe waits for the writer.
@@ -110,13 +110,14 @@ fn is_document_error(e: &rusqlite::Error) -> bool {
 /// locked, protocol…) is about the store and retriable; anything else is `Internal` (retriable).
 pub fn sql_err(e: rusqlite::Error) -> StorageError {
     let message = e.to_string();
-    if is_document_error(&e) {
-        return StorageError::rejected(BACKEND, message);
-    }
-    match e.sqlite_error_code() {
-        Some(_) => StorageError::unavailable(BACKEND, message),
-        None => StorageError::internal(BACKEND, message),
-    }
+    let err = if is_document_error(&e) {
+        StorageError::rejected(BACKEND, message)
+    } else if e.sqlite_error_code().is_some() {
+        StorageError::unavailable(BACKEND, message)
+    } else {
+        StorageError::internal(BACKEND, message)
+    };
+    err.with_source(e)
 }
 
 const SCHEMA: &str = "
@@ -151,7 +152,7 @@ impl LocalStorage {
     }
 
     /// Sets how long a save waits for the writer before it is answered with a retriable
-    /// [`StorageError::Timeout`] (default [`SAVE_TIMEOUT`]).
+    /// [`ErrorKind::Timeout`](crate::storage::ErrorKind::Timeout) (default [`SAVE_TIMEOUT`]).
     pub fn with_save_timeout(mut self, timeout: Duration) -> Self {
         self.save_timeout = timeout;
         self

@@ -32,9 +32,8 @@ pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
         .ok_or_else(|| serde::de::Error::custom(format!("expected a string, got {}", kind(&v))))
 }
 
-/// pydantic v1 `int` with a default: null or absent → 0; floats truncate; numeric strings
-/// parse; negative values clamp to 0 (the field is only ever echoed).
-pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+/// A finite number as pydantic v1 reads one: null → 0, numbers, numeric strings, booleans.
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let v = Value::deserialize(d)?;
     let n = match &v {
         Value::Null => Some(0.0),
@@ -43,32 +42,19 @@ pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Value::Bool(b) => Some(f64::from(u8::from(*b))),
         _ => None,
     };
-    match n {
-        Some(n) if n.is_finite() => Ok(n.max(0.0).min(u64::MAX as f64) as u64),
-        _ => Err(serde::de::Error::custom(format!(
-            "expected a number, got {}",
-            kind(&v)
-        ))),
-    }
+    n.filter(|n| n.is_finite())
+        .ok_or_else(|| serde::de::Error::custom(format!("expected a number, got {}", kind(&v))))
+}
+
+/// pydantic v1 `int` with a default: null or absent → 0; floats truncate; numeric strings
+/// parse; negative values clamp to 0 (the field is only ever echoed).
+pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    number(d).map(|n| n.max(0.0).min(u64::MAX as f64) as u64)
 }
 
 /// `runtime`: eaas-core turns null into 0.0; numbers may come as strings.
 pub fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    let v = Value::deserialize(d)?;
-    let n = match &v {
-        Value::Null => Some(0.0),
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse::<f64>().ok(),
-        Value::Bool(b) => Some(f64::from(u8::from(*b))),
-        _ => None,
-    };
-    match n {
-        Some(n) if n.is_finite() => Ok(n),
-        _ => Err(serde::de::Error::custom(format!(
-            "expected a number, got {}",
-            kind(&v)
-        ))),
-    }
+    number(d)
 }
 
 /// An incoming `output`: read leniently; one that cannot be read is ignored (never used).

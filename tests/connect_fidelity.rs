@@ -159,13 +159,13 @@ async fn a_saturated_channel_answers_pings_and_honours_shutdown() {
     // at once; the two running ones finish after the release; then close 1000.
     bg.send(&json!({"version": 2, "message_type": "shutdown", "data": null}));
     ia.send(&json!({"version": 2, "message_type": "shutdown", "data": null}));
-    let waiting = bg.results_skipping_pongs(2).await;
+    let waiting = bg.results(2).await;
     for (id, r) in &waiting {
         assert_eq!(output(r)["result"], "retry", "{id}: {r}");
     }
     assert_eq!(h.platform.object_gets(), 2, "a waiting task was started");
     h.platform.release();
-    let done = bg.results_skipping_pongs(2).await;
+    let done = bg.results(2).await;
     for (id, r) in &done {
         assert!(!waiting.contains_key(id));
         assert_eq!(output(r)["result"], "success", "{id}: {r}");
@@ -189,7 +189,7 @@ async fn overflow_beyond_the_waiting_queue_is_answered_retry_and_pings_go_on() {
         bg.send(&background_task(&format!("TQ-OVER-{i}"), id));
     }
     // One runs, one waits (queue of CONNECT_MAX_IN_FLIGHT), two are answered `retry`.
-    let busy = bg.results_skipping_pongs(2).await;
+    let busy = bg.results(2).await;
     for id in ["TQ-OVER-2", "TQ-OVER-3"] {
         let out = output(&busy[id]);
         assert_eq!(out["result"], "retry", "{out}");
@@ -204,7 +204,7 @@ async fn overflow_beyond_the_waiting_queue_is_answered_retry_and_pings_go_on() {
         }
     }
     h.platform.release();
-    let done = bg.results_skipping_pongs(2).await;
+    let done = bg.results(2).await;
     for id in ["TQ-OVER-0", "TQ-OVER-1"] {
         assert_eq!(output(&done[id])["result"], "success");
     }

@@ -278,11 +278,19 @@ impl Conn {
             other => panic!("expected a JSON frame, got {other:?}"),
         }
     }
-    /// Collects `n` task results (keyed by task id), panicking on a duplicate.
+    /// Collects `n` task results (keyed by task id), panicking on a duplicate; pongs (answers to
+    /// the test's pings) are skipped.
     pub async fn results(&mut self, n: usize) -> HashMap<String, Value> {
         let mut out = HashMap::new();
+        let mut pongs = 0;
         while out.len() < n {
-            let v = self.recv_json().await;
+            let v = match self.recv_counting_pongs(&mut pongs).await {
+                Frame::Json(v) => v,
+                other => panic!(
+                    "expected a task result, got {other:?} ({} of {n} so far)",
+                    out.len()
+                ),
+            };
             assert_eq!(v["message_type"], "task", "{v}");
             let id = v["data"]["options"]["task_id"]
                 .as_str()
@@ -1178,29 +1186,5 @@ impl Conn {
                 other => return other,
             }
         }
-    }
-    /// Collects `n` task results (keyed by task id; panics on a duplicate), skipping pongs.
-    pub async fn results_skipping_pongs(&mut self, n: usize) -> HashMap<String, Value> {
-        let mut out = HashMap::new();
-        let mut pongs = 0;
-        while out.len() < n {
-            let v = match self.recv_counting_pongs(&mut pongs).await {
-                Frame::Json(v) => v,
-                other => panic!(
-                    "expected a task result, got {other:?} ({} of {n} so far)",
-                    out.len()
-                ),
-            };
-            assert_eq!(v["message_type"], "task", "{v}");
-            let id = v["data"]["options"]["task_id"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            assert!(
-                out.insert(id.clone(), v).is_none(),
-                "task {id} answered twice"
-            );
-        }
-        out
     }
 }

@@ -183,17 +183,7 @@ impl DataApiServer {
             )
             .route("/action/{action}", post(handle))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await;
-        });
+        let (addr, stop) = serve_on_loopback(router).await;
         DataApiServer {
             addr,
             base_url: format!("http://{addr}/app/{app_id}/endpoint/data/v1"),
@@ -918,17 +908,7 @@ impl Recorder {
                 }
             },
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await;
-        });
+        let (addr, stop) = serve_on_loopback(router).await;
         Recorder {
             addr,
             received,
@@ -939,4 +919,20 @@ impl Recorder {
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
+}
+
+/// Serves `router` on a free loopback port until the returned token is cancelled.
+async fn serve_on_loopback(router: axum::Router) -> (SocketAddr, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+    });
+    (addr, stop)
 }

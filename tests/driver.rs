@@ -310,8 +310,14 @@ async fn a_duplicate_with_a_write_concern_error_is_retriable() {
     let name = db.name.clone();
     let unsatisfiable = Db::open_with(&uri, "unused", |s| {
         s.storage.database = name;
-        s.storage.driver.write_concern = "2".into();
-        s.storage.driver.operation_timeout_ms = 10_000;
+        s.storage
+            .section_mut::<connect_extension_mongodb::storage::driver::settings::Settings>()
+            .unwrap()
+            .write_concern = "2".into();
+        s.storage
+            .section_mut::<connect_extension_mongodb::storage::driver::settings::Settings>()
+            .unwrap()
+            .operation_timeout_ms = 10_000;
     })
     .await;
     let new = sample_doc(&unique("PR"), "pending", "u");
@@ -366,7 +372,10 @@ async fn one_client_per_process_rebuilt_only_when_its_settings_change() {
     let b = Db::open(&uri, "client_b").await; // another database, same connection settings
     assert!(a.store.shares_client_with(&b.store));
     let c = Db::open_with(&uri, "client_c", |s| {
-        s.storage.driver.server_selection_timeout_ms = 4321;
+        s.storage
+            .section_mut::<connect_extension_mongodb::storage::driver::settings::Settings>()
+            .unwrap()
+            .server_selection_timeout_ms = 4321;
     })
     .await;
     assert!(!a.store.shares_client_with(&c.store));
@@ -415,8 +424,14 @@ async fn fan_out_configuration_writes_both_and_reads_from_the_primary() {
 
 /// Quick failure detection for outage tests.
 fn outage_settings(s: &mut connect_extension_mongodb::config::Settings) {
-    s.storage.driver.server_selection_timeout_ms = 1000;
-    s.storage.driver.operation_timeout_ms = 10_000;
+    s.storage
+        .section_mut::<connect_extension_mongodb::storage::driver::settings::Settings>()
+        .unwrap()
+        .server_selection_timeout_ms = 1000;
+    s.storage
+        .section_mut::<connect_extension_mongodb::storage::driver::settings::Settings>()
+        .unwrap()
+        .operation_timeout_ms = 10_000;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

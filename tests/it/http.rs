@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const PURCHASE: &str = include_str!("fixtures/purchase_request.json");
+const PURCHASE: &str = include_str!("../fixtures/purchase_request.json");
 
 fn fixture() -> Value {
     serde_json::from_str(PURCHASE).unwrap()
@@ -465,44 +465,12 @@ async fn configured_persistence_rules_are_honoured() {
 // Hostile clients: slow requests, foreign pages, injection into metrics and logs
 // ---------------------------------------------------------------------------------------------
 
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Every log line of this test process, written by the daemon's own log layer in text format.
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| Mutex::new(Vec::new()))
-}
-
-struct Capture;
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        logs().lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let _ = tracing_subscriber::registry()
-            .with(connect_extension_mongodb::telemetry::log_layer(
-                connect_extension_mongodb::telemetry::LogFormat::Text,
-                || Capture,
-                false,
-                tracing_subscriber::EnvFilter::new("connect_extension_mongodb=debug,info"),
-            ))
-            .try_init();
-    });
-}
+use crate::support::{capture_logs, log_text};
 
 /// Reads until the peer closes; `None` when it is still open after `limit`.
 async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
@@ -882,7 +850,7 @@ async fn control_characters_in_bad_input_are_escaped_in_errors_and_logs() {
     );
     app.stop().await;
 
-    let logs = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
+    let logs = log_text();
     assert!(
         logs.contains("PR-CTRL-7\\n"),
         "the hostile id was logged (escaped): status {status}, {body}\n{logs}"

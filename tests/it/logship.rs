@@ -3,7 +3,7 @@
 //! endpoint (`POST /?token=…&type=…`, newline-delimited JSON), as the Python runner's
 //! `ExtensionLogHandler` posts to it.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const PURCHASE: &str = include_str!("fixtures/purchase_request.json");
+const PURCHASE: &str = include_str!("../fixtures/purchase_request.json");
 
 struct TestApp {
     addr: SocketAddr,

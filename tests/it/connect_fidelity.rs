@@ -4,7 +4,7 @@
 //! while saturated, the upgrade's `User-Agent`, closing 1009/1007 and reconnecting, and garbage
 //! between real tasks.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

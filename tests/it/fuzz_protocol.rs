@@ -49,7 +49,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-mod support;
+use crate::support;
 
 use arbitrary::Unstructured;
 use async_trait::async_trait;
@@ -200,11 +200,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 // ---------------------------------------------------------------------------------------------
 // Seeds.
 
-const TASK: &str = include_str!("fixtures/task_background_purchase.json");
-const RESULT: &str = include_str!("fixtures/task_result_success.json");
-const SETUP: &str = include_str!("fixtures/setup_response.json");
-const PURCHASE: &str = include_str!("fixtures/purchase_request.json");
-const SETUP_REQUEST: &str = include_str!("fixtures/setup_request_example.json");
+const TASK: &str = include_str!("../fixtures/task_background_purchase.json");
+const RESULT: &str = include_str!("../fixtures/task_result_success.json");
+const SETUP: &str = include_str!("../fixtures/setup_response.json");
+const PURCHASE: &str = include_str!("../fixtures/purchase_request.json");
+const SETUP_REQUEST: &str = include_str!("../fixtures/setup_request_example.json");
 
 fn seed_texts() -> Vec<Vec<u8>> {
     let mut seeds: Vec<Vec<u8>> = [TASK, RESULT, SETUP, PURCHASE, SETUP_REQUEST]

@@ -13,10 +13,9 @@
 //! result of the first delivery is kept and sent after the reconnect), so a task may receive
 //! at most as many results as it had deliveries, all of them saying the same.
 
-mod support;
+use crate::support;
 
-#[path = "support/mongo.rs"]
-mod mongo;
+use crate::support::mongo;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! per task across its count and object GET, retries that cover the body, `Retry-After` within the
 //! task's budget, and every task answered — never `success` without the object.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! that speaks the protocol as connect-protocol.md records it. The daemon is the real `App`
 //! (or the real binary, for the signal and log tests) with the embedded SQLite backend.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

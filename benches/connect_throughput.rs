@@ -1,5 +1,5 @@
 //! Connect channel benchmark: the **real release binary**, measured alone, against the fake
-//! platform (`tests/support/fake_platform.rs`) running in this process on loopback.
+//! platform (`tests/it/support/fake_platform.rs`) running in this process on loopback.
 //!
 //! ```text
 //! cargo build --release --bin connect-extension-mongodb

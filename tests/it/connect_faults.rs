@@ -1,6 +1,6 @@
 //! The Connect channel under faults: the **real daemon binary** (a child process configured by
 //! environment variables only, the embedded SQLite store unless said otherwise) against the fake
-//! platform of tests/support/fake_platform.rs misbehaving on purpose — TCP connections dropped
+//! platform of tests/it/support/fake_platform.rs misbehaving on purpose — TCP connections dropped
 //! without a close frame and tasks redelivered, garbage frames, REST faults, duplicate
 //! deliveries, SIGTERM and `kill -9` mid-stream, "Apply Changes" mid-stream, and saturation.
 //!

@@ -1,9 +1,10 @@
-//! The Data API backend against a Data API-compatible server (tests/support/data_api_server.rs)
+//! The Data API backend against a Data API-compatible server (tests/it/support/data_api_server.rs)
 //! running on top of the real MongoDB-compatible server at `MONGODB_URI`. Each test uses its own
 //! database and drops it at the end. Without `MONGODB_URI` the tests fail, unless
 //! `SKIP_MONGO_TESTS=1`.
 
 use crate::support::data_api_server;
+use crate::support::mongo::mongo_uri;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,21 +19,6 @@ use data_api_server::{DataApiServer, Fault, ServerConfig};
 use serde_json::{json, Value};
 
 const COLLECTION: &str = "purchase_requests";
-
-fn mongo_uri() -> Option<String> {
-    match std::env::var("MONGODB_URI") {
-        Ok(uri) if !uri.is_empty() => Some(uri),
-        _ if std::env::var("SKIP_MONGO_TESTS").as_deref() == Ok("1") => {
-            eprintln!("SKIP_MONGO_TESTS=1: skipping a test that needs MONGODB_URI");
-            None
-        }
-        _ => panic!(
-            "MONGODB_URI is not set: these tests need a MongoDB-compatible server \
-             (scripts/test.sh provisions one; e.g. MONGODB_URI=mongodb://127.0.0.1:27017/?retryWrites=false). \
-             Set SKIP_MONGO_TESTS=1 to skip them."
-        ),
-    }
-}
 
 /// One test's world: the server, its own database, and a client configured against them.
 struct Env {

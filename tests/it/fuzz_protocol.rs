@@ -29,14 +29,14 @@
 //! unless `success`), and its result frame parses again as the same task carrying that output.
 //! That the channel sends exactly one result per task is checked end to end by
 //! `fuzzed_frames_through_the_real_channel_answer_every_task_once` (fuzzed frames through the
-//! real daemon against `tests/support/fake_platform.rs`).
+//! real daemon against `tests/it/support/fake_platform.rs`).
 //!
 //! ```bash
-//! cargo test --test fuzz_protocol                       # 10,000 inputs (the CI budget, ~10 s)
-//! FUZZ_ITERATIONS=1000000 cargo test --test fuzz_protocol -- --nocapture            # ~20 min CPU
-//! FUZZ_ITERATIONS=1000000 cargo test --release --test fuzz_protocol -- --nocapture  # faster run,
+//! cargo test --test it fuzz_protocol::                  # 10,000 inputs (the CI budget, ~10 s)
+//! FUZZ_ITERATIONS=1000000 cargo test --test it fuzz_protocol::fuzz_frames -- --nocapture  # ~20 min CPU
+//! FUZZ_ITERATIONS=1000000 cargo test --release --test it fuzz_protocol::fuzz_frames -- --nocapture  # faster run,
 //!                                                       # slow build (fat LTO)
-//! FUZZ_SEED=7 FUZZ_VERBOSE=1 FUZZ_ITERATIONS=200000 cargo test --test fuzz_protocol -- --nocapture
+//! FUZZ_SEED=7 FUZZ_VERBOSE=1 FUZZ_ITERATIONS=200000 cargo test --test it fuzz_protocol::fuzz_frames -- --nocapture
 //! ```
 //! Findings are written to `FUZZ_ARTIFACTS` (default `<target>/tmp/fuzz-artifacts/`).
 

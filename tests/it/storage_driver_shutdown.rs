@@ -2,8 +2,9 @@
 //! it must stop cleanly (exit 0) and never panic on the way out (the mongodb driver's
 //! `connection_requester` unwrap when the runtime is torn down under its pool worker).
 //!
-//! Needs `MONGODB_URI` (see tests/support/mongo.rs).
+//! Needs `MONGODB_URI` (see tests/it/support/mongo.rs).
 
+use crate::support::free_port;
 use crate::support::mongo as support;
 
 use std::process::{Command, Stdio};
@@ -22,14 +23,6 @@ fn rounds() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One daemon: start it, stream POSTs at it, SIGTERM it mid-stream; returns (exit code, stderr).

@@ -4,7 +4,7 @@
 //! test; and the REST endpoints a background task uses (`…?{filter}&limit=0&offset=0` with
 //! `Content-Range`, and `GET requests/{id}`) on plain `http://`.
 //!
-//! It can misbehave, as a real platform or network may (tests/connect_faults.rs drives each mode):
+//! It can misbehave, as a real platform or network may (tests/it/connect_faults.rs drives each mode):
 //!
 //! | fault | how |
 //! |---|---|
@@ -1032,6 +1032,16 @@ fn rest_fault_table() -> &'static Mutex<HashMap<usize, Arc<RestFaults>>> {
     TABLE.get_or_init(Default::default)
 }
 
+/// A platform's entry goes with it: a later platform allocated at the same address (tests share
+/// one process) starts with a clean table.
+impl Drop for PlatformState {
+    fn drop(&mut self) {
+        if let Ok(mut table) = rest_fault_table().lock() {
+            table.remove(&(self as *const PlatformState as usize));
+        }
+    }
+}
+
 fn rest_faults_of(st: &Arc<PlatformState>) -> Arc<RestFaults> {
     rest_fault_table()
         .lock()
@@ -1161,7 +1171,7 @@ async fn rest_fault(st: &Arc<PlatformState>, path: &str, query: &str) -> Option<
 
 // ---- chan knobs ----
 // Raw websocket messages from the platform (binary, pings, text frames that are not UTF-8) and
-// the answers to pings (`Frame::Pong`), for tests/connect_fidelity.rs.
+// the answers to pings (`Frame::Pong`), for tests/it/connect_fidelity.rs.
 
 impl Conn {
     /// Sends any websocket message as is.

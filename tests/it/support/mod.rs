@@ -8,6 +8,7 @@ pub mod mongo;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -15,6 +16,9 @@ use connect_extension_mongodb::config::Settings;
 use connect_extension_mongodb::connect::Tuning;
 use connect_extension_mongodb::storage::{ListQuery, SharedStorage};
 use connect_extension_mongodb::{App, AppError, AppOptions, RegistryHook};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use fake_platform::*;
@@ -237,6 +241,115 @@ impl Harness {
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(20), self.run).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon with the HTTP channel only
+
+/// The daemon with the HTTP channel only, on port 0, its embedded SQLite store in `data_dir`.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<()>,
+    pub storage: Arc<SharedStorage>,
+    pub client: reqwest::Client,
+    pub token: Option<String>,
+}
+
+/// The settings of a [`TestApp`]: HTTP on port 0, SQLite in `data_dir`, a 5 s grace, plus `extra`.
+pub fn http_settings(data_dir: &Path, extra: &[(&str, &str)]) -> Result<Settings, String> {
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("HTTP_LISTEN".into(), "127.0.0.1:0".into()),
+        ("LOCAL_DATA_DIR".into(), data_dir.display().to_string()),
+        ("SHUTDOWN_GRACE".into(), "5".into()),
+    ]);
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Settings::from_vars(env).map_err(|e| e.to_string())
+}
+
+impl TestApp {
+    pub async fn spawn(data_dir: &Path, extra: &[(&str, &str)]) -> TestApp {
+        let settings = http_settings(data_dir, extra).expect("settings");
+        let token = Some(settings.http.token.expose().to_string()).filter(|t| !t.is_empty());
+        let app = App::build(settings).await.expect("app builds");
+        let port = app.http_addr().port();
+        let storage = app.storage();
+        let shutdown = CancellationToken::new();
+        let t = shutdown.clone();
+        let handle = tokio::spawn(async move { app.run(t).await.expect("app runs") });
+        TestApp {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            shutdown,
+            handle,
+            storage,
+            client: reqwest::Client::new(),
+            token,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    pub async fn post(&self, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let resp = self
+            .auth(self.client.post(self.url("/events")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, v: &Value) -> (StatusCode, Value) {
+        self.post(v.to_string()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .auth(self.client.get(self.url(path)))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GET `path` with the token (if any) and `Host: host`.
+    pub async fn get_as(&self, host: &str, path: &str) -> reqwest::Response {
+        self.auth(self.client.get(self.url(path)))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap();
     }
 }
 

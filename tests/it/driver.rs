@@ -3,8 +3,7 @@
 //! Run with `scripts/test.sh` (provisions the server), or with `MONGODB_URI` set. Without it these
 //! tests fail with instructions, unless `SKIP_MONGO_TESTS=1`. Every test uses its own database.
 
-#[path = "support/mongo.rs"]
-mod support;
+use crate::support::mongo as support;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,7 +45,7 @@ connect_extension_mongodb::storage_conformance!(conformance_fixture);
 
 fn purchase_event(object_id: &str, updated: &str) -> Event {
     let mut object: Value =
-        serde_json::from_str(include_str!("fixtures/purchase_request.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/purchase_request.json")).unwrap();
     object["id"] = json!(object_id);
     object["updated"] = json!(updated);
     Event::new(
@@ -643,7 +642,7 @@ async fn the_daemon_stores_each_accepted_purchase_request_once_and_reads_it_back
     let http = reqwest::Client::new();
 
     let object: Value =
-        serde_json::from_str(include_str!("fixtures/purchase_request.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/purchase_request.json")).unwrap();
     let first = http
         .post(format!("{base}/events"))
         .json(&object)

@@ -146,7 +146,7 @@ fn event_type_of_object(whr: &str, object: &Value) -> Result<EventType, ApiError
     match (object.get("id"), EventType::for_object(object)) {
         (_, Some(t)) => Ok(t),
         (Some(Value::String(_)), None) => {
-            return Err(ApiError::bad_request(
+            Err(ApiError::bad_request(
                 "unknown_event_type",
                 format!(
                     "{whr}cannot tell the event type from `type` = {}; send {{\"event_type\": …, \"object\": …}} or a request of type purchase, change, suspend, resume, cancel, adjustment, renew or transfer",
@@ -155,7 +155,7 @@ fn event_type_of_object(whr: &str, object: &Value) -> Result<EventType, ApiError
             ))
         }
         _ => {
-            return Err(ApiError::bad_request(
+            Err(ApiError::bad_request(
                 "missing_id",
                 format!("{whr}the object has no string `id`"),
             ))
@@ -233,33 +233,27 @@ async fn read_body(
         ));
     }
     match tokio::time::timeout(body_timeout, Bytes::from_request(request, state)).await {
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the request body did not arrive within {} ms (HTTP_BODY_TIMEOUT_MS)",
-                    body_timeout.as_millis()
-                ),
-            ))
-        }
-        Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "the body exceeds {} bytes (HTTP_MAX_BODY_BYTES)",
-                    state.max_body_bytes
-                ),
-            ))
-        }
-        Ok(Err(e)) => {
-            return Err(ApiError::new(
-                e.status(),
-                "bad_body",
-                escaped_excerpt(&e.body_text(), EXCERPT),
-            ))
-        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms (HTTP_BODY_TIMEOUT_MS)",
+                body_timeout.as_millis()
+            ),
+        )),
+        Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body exceeds {} bytes (HTTP_MAX_BODY_BYTES)",
+                state.max_body_bytes
+            ),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            e.status(),
+            "bad_body",
+            escaped_excerpt(&e.body_text(), EXCERPT),
+        )),
         Ok(Ok(body)) => Ok(body),
     }
 }

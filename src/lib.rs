@@ -180,26 +180,9 @@ impl App {
         // A Connect failure (a panicked channel or service task) ends the daemon with an error,
         // after the usual drain, so that it is restarted; never a clean stop.
         let mut failure: Option<AppError> = None;
-        let mut on_end = |ended: Result<
-            Result<bool, connect::ConnectError>,
-            tokio::task::JoinError,
-        >| {
-            match ended {
-                Ok(Ok(true)) => {
-                    tracing::info!("the platform shut down both Connect channels: stopping")
-                }
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => failure = Some(AppError::Connect(e)),
-                Err(e) => {
-                    failure = Some(AppError::Connect(connect::ConnectError::Failed(format!(
-                        "the Connect service task {}",
-                        if e.is_panic() {
-                            "panicked"
-                        } else {
-                            "was cancelled"
-                        }
-                    ))))
-                }
+        let mut on_end = |ended| {
+            if let Some(e) = connect_ended(ended) {
+                failure = Some(e);
             }
         };
         if let Some(handle) = connect.as_mut() {
@@ -223,32 +206,7 @@ impl App {
                 }
             }
         }
-        let drained = shutdown::within_grace(grace, async {
-            match server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "HTTP server error"),
-                Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
-            }
-        })
-        .await;
-        if !drained {
-            tracing::warn!(
-                grace_secs = grace.as_secs(),
-                "grace period over: abandoning unfinished HTTP requests (their events were not answered success, so callers retry)"
-            );
-        }
-        // Closing flushes buffered writes; a hung store must not hold the exit forever.
-        let storage = self.state.storage.current();
-        if tokio::time::timeout(grace.max(Duration::from_secs(1)), storage.close())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                backend = storage.name(),
-                grace_secs = grace.as_secs(),
-                "storage did not close within the grace period; exiting anyway (unanswered events are redelivered)"
-            );
-        }
+        close_down(server, &self.state.storage, grace).await;
         match failure {
             Some(e) => {
                 tracing::error!(error = %e, "stopped after a failure");
@@ -259,5 +217,63 @@ impl App {
                 Ok(())
             }
         }
+    }
+}
+
+/// What the end of the Connect service means: `None` for a stop (the platform's shutdown of both
+/// channels is logged), the error for a failure (a panicked or cancelled task).
+fn connect_ended(
+    ended: Result<Result<bool, connect::ConnectError>, tokio::task::JoinError>,
+) -> Option<AppError> {
+    match ended {
+        Ok(Ok(true)) => {
+            tracing::info!("the platform shut down both Connect channels: stopping");
+            None
+        }
+        Ok(Ok(false)) => None,
+        Ok(Err(e)) => Some(AppError::Connect(e)),
+        Err(e) => Some(AppError::Connect(connect::ConnectError::Failed(format!(
+            "the Connect service task {}",
+            if e.is_panic() {
+                "panicked"
+            } else {
+                "was cancelled"
+            }
+        )))),
+    }
+}
+
+/// After intake stopped: lets HTTP requests finish and flushes the storage, each bounded by
+/// `grace` (unanswered events were not answered success, so they are redelivered).
+async fn close_down(
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    storage: &SharedStorage,
+    grace: Duration,
+) {
+    let drained = shutdown::within_grace(grace, async {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server error"),
+            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        }
+    })
+    .await;
+    if !drained {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "grace period over: abandoning unfinished HTTP requests (their events were not answered success, so callers retry)"
+        );
+    }
+    // Closing flushes buffered writes; a hung store must not hold the exit forever.
+    let storage = storage.current();
+    if tokio::time::timeout(grace.max(Duration::from_secs(1)), storage.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            backend = storage.name(),
+            grace_secs = grace.as_secs(),
+            "storage did not close within the grace period; exiting anyway (unanswered events are redelivered)"
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod redact;
 pub mod retry;
 pub mod sanitize;
+pub mod sdk;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
@@ -60,6 +61,9 @@ pub type RegistryHook = Box<dyn FnOnce(&mut Registry, &Arc<SharedStorage>, &Arc<
 pub struct AppOptions {
     pub registry_hook: Option<RegistryHook>,
     pub connect_tuning: connect::Tuning,
+    /// An SDK extension ([`sdk::Extension`]): its handlers, variables and schedulables. Installed
+    /// before `registry_hook` runs.
+    pub extension: Option<sdk::Extension>,
 }
 
 /// A built daemon: listeners bound, storage connected, not yet serving.
@@ -87,6 +91,10 @@ impl App {
             storage.clone(),
             metrics.clone(),
         )?;
+        let extension = match options.extension {
+            Some(ext) => ext.install(&mut registry, &settings, &storage, &metrics),
+            None => connect::ExtensionSetup::default(),
+        };
         if let Some(hook) = options.registry_hook {
             hook(&mut registry, &storage, &metrics);
         }
@@ -106,6 +114,7 @@ impl App {
                 storage.clone(),
                 metrics.clone(),
                 options.connect_tuning,
+                extension,
             )?;
             probes.push(service.probe());
             connect_service = Some(service);

@@ -185,10 +185,16 @@ impl Extension {
         App::build_with(settings, options).await
     }
 
-    /// Runs the daemon as the default binary does: settings from the environment (and
-    /// `CONFIG_FILE`), logs, until SIGTERM / Ctrl-C. Exits the process with status 1 on failure.
+    /// Runs the daemon as the default binary's `run` does: settings from the environment (and
+    /// `--config PATH`, default `config/local.toml` when present), logs, until SIGTERM / Ctrl-C. Exits the process with status 1 on failure.
     pub fn run(self) {
-        let settings = match Settings::load(std::env::var("CONFIG_FILE").ok().as_deref().map(std::path::Path::new)) {
+        let args: Vec<String> = std::env::args().collect();
+        let file = args
+            .iter()
+            .position(|a| a == "--config")
+            .and_then(|i| args.get(i + 1))
+            .map(std::path::PathBuf::from);
+        let settings = match Settings::load(file.as_deref()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -331,13 +331,26 @@ impl Handler for SdkHandler {
     async fn handle_owned(&self, event: Event) -> Outcome {
         let (ctx, span) = context_of(&self.rt, &event);
         async {
+            let mut stored_id = None;
             if let Some(persist) = &self.persist {
-                let stored = persist.handle(&event).await;
-                if !matches!(stored, Outcome::Done { .. }) {
-                    return stored;
+                match persist.handle(&event).await {
+                    Outcome::Done { document_id, .. } => stored_id = document_id,
+                    not_stored => return not_stored,
                 }
             }
-            self.handler.handle(event, ctx).await
+            match self.handler.handle(event, ctx).await {
+                // `done()` after the store names the stored document (logs, HTTP answers).
+                Outcome::Done {
+                    document_id: None,
+                    duplicate,
+                    data,
+                } => Outcome::Done {
+                    document_id: stored_id,
+                    duplicate,
+                    data,
+                },
+                other => other,
+            }
         }
         .instrument(span)
         .await

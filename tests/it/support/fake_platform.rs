@@ -126,6 +126,8 @@ pub struct PlatformState {
     pub rest_calls: Mutex<HashMap<(RestStep, String), usize>>,
     /// Every REST call other than GET, in arrival order.
     pub api_calls: Mutex<Vec<ApiCall>>,
+    /// Other GET resources by path (e.g. a schedule): see [`FakePlatform::add_resource`].
+    pub resources: Mutex<HashMap<String, Value>>,
     /// Scripted answers by (method, path): consumed one per call; then `200 {}`.
     pub api_answers: Mutex<HashMap<(String, String), VecDeque<(u16, Value)>>>,
 }
@@ -416,6 +418,14 @@ impl FakePlatform {
     }
     pub fn rest_log(&self) -> Vec<RestRequest> {
         self.state.rest_log.lock().unwrap().clone()
+    }
+    /// Serves `value` for `GET {path}` (e.g. `/public/v1/devops/services/…/schedules/…`).
+    pub fn add_resource(&self, path: &str, value: Value) {
+        self.state
+            .resources
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), value);
     }
     /// Every REST call other than GET so far, in arrival order.
     pub fn api_calls(&self) -> Vec<ApiCall> {
@@ -988,7 +998,11 @@ async fn rest(
             None => reply(404, json!({"error_code": "NOT_FOUND"})),
         };
     }
-    reply(404, json!({"error_code": "NOT_FOUND", "path": path}))
+    let resource = st.resources.lock().unwrap().get(&path).cloned();
+    match resource {
+        Some(v) => reply(200, v),
+        None => reply(404, json!({"error_code": "NOT_FOUND", "path": path})),
+    }
 }
 
 /// Counts the call and takes the next planned fault of (step, id), if any.

@@ -184,13 +184,12 @@ impl Harness {
         .await
     }
 
-    /// The daemon running an SDK extension against a new fake platform.
+    /// The daemon running an SDK extension against `platform`.
     pub async fn start_extension(
+        platform: Arc<FakePlatform>,
         extension: connect_extension_mongodb::sdk::Extension,
         extra: &[(&str, &str)],
     ) -> Harness {
-        capture_logs();
-        let platform = FakePlatform::start().await;
         Self::start_options(
             platform,
             extra,

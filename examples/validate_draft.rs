@@ -17,7 +17,8 @@ pub async fn validate(event: Event, _ctx: Context) -> Outcome {
     let mut draft = event.object;
     if let Some(params) = draft["asset"]["params"].as_array_mut() {
         for param in params {
-            let is_email = param["type"] == "email" || param["id"].as_str().is_some_and(|id| id.contains("email"));
+            let is_email = param["type"] == "email"
+                || param["id"].as_str().is_some_and(|id| id.contains("email"));
             let value = param["value"].as_str().unwrap_or_default();
             if is_email && !value.is_empty() && !looks_like_email(value) {
                 param["value_error"] = json!(format!("`{value}` is not a valid e-mail address"));

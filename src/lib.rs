@@ -8,6 +8,49 @@
 //! ```
 //! `main.rs` is wiring only: [`App::build`] binds and connects, [`App::run`] serves until the
 //! shutdown token is cancelled, then drains.
+//!
+//! # Writing an extension
+//!
+//! The [`sdk`] module is the Rust counterpart of `connect-eaas-core`: declare handlers, variables
+//! and schedulables on an [`sdk::Extension`] and run it; the daemon (Connect channel, HTTP
+//! intake, storage) is the same. Here a handler runs after each pending purchase request is
+//! stored, reads back what was stored for the same asset and calls the Connect API
+//! (`examples/approve_purchase.rs` is the complete version; `docs/extensions.md` maps every
+//! Python concept):
+//!
+//! ```no_run
+//! use connect_extension_mongodb::sdk::{
+//!     Context, Event, EventType, Extension, ListQuery, Outcome, Status,
+//! };
+//! use serde_json::json;
+//!
+//! async fn on_pending(event: Event, ctx: Context) -> Outcome {
+//!     let asset = event.object["asset"]["id"].as_str().unwrap_or_default().to_string();
+//!     let seen = match ctx
+//!         .storage()
+//!         .list(&ListQuery { asset_id: Some(asset), ..Default::default() })
+//!         .await
+//!     {
+//!         Ok(docs) => docs.len(),
+//!         Err(e) => return Outcome::retry(format!("store unavailable: {e}")),
+//!     };
+//!     tracing::info!(seen, "requests stored for this asset");
+//!     let template = ctx.variable("TEMPLATE_ID").unwrap_or_default();
+//!     let path = format!("requests/{}/approve", event.object_id);
+//!     match ctx.client().post(&path, &json!({"template_id": template})).await {
+//!         Ok(_) => Outcome::done(),
+//!         Err(e) => e.outcome(), // 4xx → fail with the API's message, else retry
+//!     }
+//! }
+//!
+//! fn main() {
+//!     Extension::new()
+//!         .variable("TEMPLATE_ID", "", false)
+//!         .event(EventType::AssetPurchaseRequestProcessing, &[Status::Pending], on_pending)
+//!         .after_store()
+//!         .run();
+//! }
+//! ```
 
 pub mod config;
 pub mod connect;

@@ -425,13 +425,23 @@ mod tests {
 
     #[test]
     fn slow_process_reschedule_waits_at_least_300_seconds() {
-        for (asked, got) in [(0, 300), (30, 300), (299, 300), (300, 300), (301, 301), (3600, 3600)] {
+        for (asked, got) in [
+            (0, 300),
+            (30, 300),
+            (299, 300),
+            (300, 300),
+            (301, 301),
+            (3600, 3600),
+        ] {
             assert!(
                 matches!(Outcome::slow_process_reschedule(asked), Outcome::Reschedule { countdown, .. } if countdown == got),
                 "{asked} → {got}"
             );
         }
-        assert_eq!(Outcome::slow_process_reschedule(10).result_name(), "reschedule");
+        assert_eq!(
+            Outcome::slow_process_reschedule(10).result_name(),
+            "reschedule"
+        );
     }
 
     #[test]
@@ -442,12 +452,16 @@ mod tests {
             Outcome::Done {
                 document_id: None,
                 duplicate: false,
-                data: Some(json!({"http_status": 201, "headers": {"X-A": "1"}, "body": {"ok": true}}))
+                data: Some(
+                    json!({"http_status": 201, "headers": {"X-A": "1"}, "body": {"ok": true}})
+                )
             }
         );
         let o = Outcome::validation_fail(json!({"id": "PR-1"}), "bad");
         assert_eq!(o.message(), Some("bad"));
-        assert!(matches!(o, Outcome::Fail { data: Some(d), .. } if d["http_status"] == 400 && d["body"]["id"] == "PR-1"));
+        assert!(
+            matches!(o, Outcome::Fail { data: Some(d), .. } if d["http_status"] == 400 && d["body"]["id"] == "PR-1")
+        );
     }
 
     #[test]

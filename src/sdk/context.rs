@@ -41,10 +41,7 @@ impl Context {
     pub fn client(&self) -> Client {
         Client {
             rest: self.rt.rest.get().cloned(),
-            key: self
-                .key
-                .clone()
-                .unwrap_or_else(|| self.rt.api_key.clone()),
+            key: self.key.clone().unwrap_or_else(|| self.rt.api_key.clone()),
             budget: self.rt.budget,
         }
     }

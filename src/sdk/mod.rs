@@ -24,10 +24,10 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-pub use context::{ApiError, Client, Context, Store, Variables};
 pub use crate::connect::rest::Method;
 pub use crate::events::{Event, EventType, Outcome, Status};
 pub use crate::storage::ListQuery;
+pub use context::{ApiError, Client, Context, Store, Variables};
 
 use crate::config::Settings;
 use crate::connect::protocol::VariableDecl;
@@ -161,7 +161,12 @@ impl Extension {
 
     /// `@schedulable(name, description)`: `handler` runs when the platform executes a schedule
     /// whose method is `name` (the event's object is the schedule). Answer `done` or `fail`.
-    pub fn schedulable(mut self, name: &str, description: &str, handler: impl EventHandler) -> Self {
+    pub fn schedulable(
+        mut self,
+        name: &str,
+        description: &str,
+        handler: impl EventHandler,
+    ) -> Self {
         self.schedulables.push(Schedulable {
             name: name.to_string(),
             description: description.to_string(),
@@ -331,10 +336,14 @@ impl Handler for SdkHandler {
     async fn handle_owned(&self, event: Event) -> Outcome {
         let (ctx, span) = context_of(&self.rt, &event);
         async {
-            let mut stored_id = None;
+            let (mut stored_id, mut stored_duplicate) = (None, false);
             if let Some(persist) = &self.persist {
                 match persist.handle(&event).await {
-                    Outcome::Done { document_id, .. } => stored_id = document_id,
+                    Outcome::Done {
+                        document_id,
+                        duplicate,
+                        ..
+                    } => (stored_id, stored_duplicate) = (document_id, duplicate),
                     not_stored => return not_stored,
                 }
             }
@@ -342,11 +351,11 @@ impl Handler for SdkHandler {
                 // `done()` after the store names the stored document (logs, HTTP answers).
                 Outcome::Done {
                     document_id: None,
-                    duplicate,
                     data,
-                } => Outcome::Done {
+                    ..
+                } if stored_id.is_some() => Outcome::Done {
                     document_id: stored_id,
-                    duplicate,
+                    duplicate: stored_duplicate,
                     data,
                 },
                 other => other,

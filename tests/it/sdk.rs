@@ -116,7 +116,11 @@ async fn approve_purchase_approves_once_per_asset_and_items() {
         .filter(|l| l.contains("PR-SDK-0001-"))
         .map(String::from)
         .collect();
-    assert!(logs.iter().any(|l| l.contains("approved") && l.contains("TQ-SDK-1")), "{logs:#?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("approved") && l.contains("TQ-SDK-1")),
+        "{logs:#?}"
+    );
     println!("approve_purchase log lines:\n{}", logs.join("\n"));
     h.shutdown().await;
 }
@@ -145,7 +149,10 @@ async fn approve_purchase_fails_on_4xx_with_the_api_message_and_retries_on_5xx()
 
     h.platform
         .add_object(request("PR-SDK-0002-002", "pending", "AS-SDK-3", "1"));
-    let error = (500, json!({"error_code": "SERVER_ERROR", "errors": ["boom"]}));
+    let error = (
+        500,
+        json!({"error_code": "SERVER_ERROR", "errors": ["boom"]}),
+    );
     h.platform.answer_api(
         "POST",
         &approve_path("PR-SDK-0002-002"),
@@ -201,7 +208,10 @@ async fn validate_draft_sets_value_error_on_a_malformed_email() {
     assert_eq!(answer["data"]["body"], expected);
     let answer = &output(&results["TQ-VAL-2"]);
     assert_eq!(answer["result"], "success", "{answer}");
-    assert_eq!(answer["data"]["body"], good, "a valid draft is echoed unchanged");
+    assert_eq!(
+        answer["data"]["body"], good,
+        "a valid draft is echoed unchanged"
+    );
     h.shutdown().await;
 }
 
@@ -218,7 +228,10 @@ async fn scheduled_report_counts_stored_events_per_status() {
                 "description": "Counts the stored purchase-request events per status"}])
     );
     // Stored by the default persist handler (the extension adds no event handler).
-    for (i, status) in ["pending", "pending", "approved", "failed"].iter().enumerate() {
+    for (i, status) in ["pending", "pending", "approved", "failed"]
+        .iter()
+        .enumerate()
+    {
         let id = format!("PR-SDK-SCH-{i}");
         h.platform.add_object(purchase_object(&id, status));
         bg.send(&background_task(&format!("TQ-SCH-{i}"), &id));

@@ -92,6 +92,9 @@ pub struct ApiCall {
     pub authorization: String,
 }
 
+/// Scripted answers (status, JSON body) to one method and path, consumed one per call.
+pub type ApiAnswers = VecDeque<(u16, Value)>;
+
 /// One REST request as the fake saw it.
 #[derive(Debug, Clone)]
 pub struct RestRequest {
@@ -129,7 +132,7 @@ pub struct PlatformState {
     /// Other GET resources by path (e.g. a schedule): see [`FakePlatform::add_resource`].
     pub resources: Mutex<HashMap<String, Value>>,
     /// Scripted answers by (method, path): consumed one per call; then `200 {}`.
-    pub api_answers: Mutex<HashMap<(String, String), VecDeque<(u16, Value)>>>,
+    pub api_answers: Mutex<HashMap<(String, String), ApiAnswers>>,
 }
 
 /// Which Connect REST call of a background task.

@@ -8,6 +8,49 @@
 //! ```
 //! `main.rs` is wiring only: [`App::build`] binds and connects, [`App::run`] serves until the
 //! shutdown token is cancelled, then drains.
+//!
+//! # Writing an extension
+//!
+//! The [`sdk`] module is the Rust counterpart of `connect-eaas-core`: declare handlers, variables
+//! and schedulables on an [`sdk::Extension`] and run it; the daemon (Connect channel, HTTP
+//! intake, storage) is the same. Here a handler runs after each pending purchase request is
+//! stored, reads back what was stored for the same asset and calls the Connect API
+//! (`examples/approve_purchase.rs` is the complete version; `docs/extensions.md` maps every
+//! Python concept):
+//!
+//! ```no_run
+//! use connect_extension_mongodb::sdk::{
+//!     Context, Event, EventType, Extension, ListQuery, Outcome, Status,
+//! };
+//! use serde_json::json;
+//!
+//! async fn on_pending(event: Event, ctx: Context) -> Outcome {
+//!     let asset = event.object["asset"]["id"].as_str().unwrap_or_default().to_string();
+//!     let seen = match ctx
+//!         .storage()
+//!         .list(&ListQuery { asset_id: Some(asset), ..Default::default() })
+//!         .await
+//!     {
+//!         Ok(docs) => docs.len(),
+//!         Err(e) => return Outcome::retry(format!("store unavailable: {e}")),
+//!     };
+//!     tracing::info!(seen, "requests stored for this asset");
+//!     let template = ctx.variable("TEMPLATE_ID").unwrap_or_default();
+//!     let path = format!("requests/{}/approve", event.object_id);
+//!     match ctx.client().post(&path, &json!({"template_id": template})).await {
+//!         Ok(_) => Outcome::done(),
+//!         Err(e) => e.outcome(), // 4xx → fail with the API's message, else retry
+//!     }
+//! }
+//!
+//! fn main() {
+//!     Extension::new()
+//!         .variable("TEMPLATE_ID", "", false)
+//!         .event(EventType::AssetPurchaseRequestProcessing, &[Status::Pending], on_pending)
+//!         .after_store()
+//!         .run();
+//! }
+//! ```
 
 pub mod config;
 pub mod connect;
@@ -16,6 +59,7 @@ pub mod http;
 pub mod redact;
 pub mod retry;
 pub mod sanitize;
+pub mod sdk;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
@@ -60,6 +104,9 @@ pub type RegistryHook = Box<dyn FnOnce(&mut Registry, &Arc<SharedStorage>, &Arc<
 pub struct AppOptions {
     pub registry_hook: Option<RegistryHook>,
     pub connect_tuning: connect::Tuning,
+    /// An SDK extension ([`sdk::Extension`]): its handlers, variables and schedulables. Installed
+    /// before `registry_hook` runs.
+    pub extension: Option<sdk::Extension>,
 }
 
 /// A built daemon: listeners bound, storage connected, not yet serving.
@@ -87,6 +134,10 @@ impl App {
             storage.clone(),
             metrics.clone(),
         )?;
+        let extension = match options.extension {
+            Some(ext) => ext.install(&mut registry, &settings, &storage, &metrics),
+            None => connect::ExtensionSetup::default(),
+        };
         if let Some(hook) = options.registry_hook {
             hook(&mut registry, &storage, &metrics);
         }
@@ -106,6 +157,7 @@ impl App {
                 storage.clone(),
                 metrics.clone(),
                 options.connect_tuning,
+                extension,
             )?;
             probes.push(service.probe());
             connect_service = Some(service);

@@ -413,6 +413,7 @@ impl Storage for DataApiStorage {
             ("_connect.event_type", &query.event_type),
             ("_connect.status", &query.status),
             ("_connect.object_id", &query.object_id),
+            ("asset.id", &query.asset_id),
         ] {
             if let Some(v) = value {
                 filter.insert(key.into(), json!(v));

@@ -437,6 +437,9 @@ impl Storage for DriverStorage {
                 filter.insert(format!("{META_KEY}.{field}"), v.clone());
             }
         }
+        if let Some(asset) = &query.asset_id {
+            filter.insert("asset.id", asset.clone());
+        }
         let limit = query.effective_limit() as i64;
         let sort = doc! {format!("{META_KEY}.{RECEIVED_DATE}"): -1, "_id": -1};
         let docs: Vec<Document> = self

@@ -63,7 +63,9 @@ pub async fn approve(event: Event, ctx: Context) -> Outcome {
         ));
     }
     let Some(template_id) = ctx.variable("TEMPLATE_ID").filter(|t| !t.is_empty()) else {
-        return Outcome::fail("the extension variable TEMPLATE_ID is not set");
+        // A missing setting is about the configuration, not this request: ask for redelivery
+        // (the request is stored; once TEMPLATE_ID is set with "Apply Changes" it is approved).
+        return Outcome::reschedule(300, "the extension variable TEMPLATE_ID is not set");
     };
     let path = format!("requests/{}/approve", event.object_id);
     match ctx

@@ -69,10 +69,15 @@ set_paths() {
   LOG=$RUN/server.log
 }
 
-# Running = pg_ctl status says so. Never kill -0: a stopped postmaster can linger as a zombie.
+# Running = the postmaster of postmaster.pid exists and is not a zombie: a postmaster that was
+# stopped or killed can linger as a zombie for a while, and kill -0 (so pg_ctl status) counts it.
 alive() {
-  [[ -f $DATA/postmaster.pid && -n ${PG_BIN:-} ]] || return 1
-  (cd / && "${RUNAS[@]}" "$PG_BIN/pg_ctl" status -D "$DATA" >/dev/null 2>&1)
+  [[ -f $DATA/postmaster.pid ]] || return 1
+  local pid state
+  pid=$(head -n 1 "$DATA/postmaster.pid")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  state=$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z && $state != X ]]
 }
 
 find_bin() {
@@ -89,12 +94,18 @@ stop_server() {
     return 0
   fi
   local pid; pid=$(head -n 1 "$DATA/postmaster.pid")
+  if ! alive; then # e.g. after kill -9. postgres would refuse to start while the pid is a zombie
+    rm -f "$DATA/postmaster.pid" "$SOCK"/.s.PGSQL.*   # the socket lock file names the pid too
+    echo "postgres not running (removed a stale postmaster.pid, pid $pid)"
+    return 0
+  fi
   if ! (cd / && "${RUNAS[@]}" "$PG_BIN/pg_ctl" stop -D "$DATA" -m fast -w -t 30 >/dev/null); then
     if [[ -f $DATA/postmaster.pid ]]; then
       log "pg_ctl stop failed; sending SIGTERM/SIGKILL to postmaster $pid"
       kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 300); do [[ -f $DATA/postmaster.pid ]] || break; sleep 0.1; done
-      if [[ -f $DATA/postmaster.pid ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
+      for _ in $(seq 1 300); do alive || break; sleep 0.1; done
+      if alive; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.5; fi
+      rm -f "$DATA/postmaster.pid" "$SOCK"/.s.PGSQL.*
     fi
   fi
   echo "postgres stopped (pid $pid)"
@@ -293,7 +304,8 @@ if [[ ! -f $DATA/PG_VERSION ]]; then
   echo "include_if_exists = 'cem_test.conf'" >> "$DATA/postgresql.conf"
 fi
 
-if alive && [[ $(cat "$PORTF" 2>/dev/null) == "$PORT" ]]; then
+if alive && [[ $(cat "$PORTF" 2>/dev/null) == "$PORT" ]] \
+   && (cd / && "$PG_BIN/pg_isready" -q -h "$SOCK" -p "$PORT" -U postgres -d postgres); then
   echo "postgres already running (pid $(head -n 1 "$DATA/postmaster.pid"), port $PORT)"
 else
   [[ ! -f $DATA/postmaster.pid ]] || stop_server >/dev/null

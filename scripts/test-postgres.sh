@@ -71,13 +71,15 @@ set_paths() {
 
 # Running = the postmaster of postmaster.pid exists and is not a zombie: a postmaster that was
 # stopped or killed can linger as a zombie for a while, and kill -0 (so pg_ctl status) counts it.
+# Linux only (/proc).
 alive() {
   [[ -f $DATA/postmaster.pid ]] || return 1
   local pid state
   pid=$(head -n 1 "$DATA/postmaster.pid")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   state=$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
-  [[ -n $state && $state != Z && $state != X ]]
+  [[ -n $state && $state != Z && $state != X ]] || return 1
+  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == postgres* ]]    # not a reused pid (never signal a stranger)
 }
 
 find_bin() {

@@ -1,5 +1,5 @@
 //! Connect channel benchmark: the **real release binary**, measured alone, against the fake
-//! platform (`tests/support/fake_platform.rs`) running in this process on loopback.
+//! platform (`tests/it/support/fake_platform.rs`) running in this process on loopback.
 //!
 //! ```text
 //! cargo build --release --bin connect-extension-mongodb
@@ -20,7 +20,9 @@
 //! * after SIGTERM: the exit status, and (mode `local`) the number of documents in the SQLite
 //!   file, which must equal the number of tasks answered `success`.
 
-#[path = "../tests/support/fake_platform.rs"]
+// The bench uses a part of the test helpers only.
+#[allow(dead_code)]
+#[path = "../tests/it/support/fake_platform.rs"]
 mod fake_platform;
 
 use std::path::PathBuf;

@@ -198,7 +198,11 @@ async fn main() {
     let events = env_usize("BENCH_EVENTS", if bench_mode { 10_000 } else { 300 });
     let concurrency = env_usize("BENCH_CONCURRENCY", 256);
     let rounds = env_usize("BENCH_ROUNDS", if bench_mode { 2 } else { 1 });
-    let batch = settings(&uri, "x").storage.driver.batch_max;
+    let batch = settings(&uri, "x")
+        .storage
+        .section::<connect_extension_mongodb::storage::driver::settings::Settings>()
+        .unwrap()
+        .batch_max;
     println!(
         "driver throughput: {events} events/round, concurrency {concurrency}, batch_max {batch}, \
          {IN_FLIGHT_BATCHES} batches in flight, {rounds} round(s), server {shown}"

@@ -8,14 +8,14 @@ pub struct EnvVar {
     pub secret: bool,
 }
 
-const fn var(name: &'static str, key: &'static str) -> EnvVar {
+pub const fn var(name: &'static str, key: &'static str) -> EnvVar {
     EnvVar {
         name,
         key,
         secret: false,
     }
 }
-const fn secret(name: &'static str, key: &'static str) -> EnvVar {
+pub const fn secret(name: &'static str, key: &'static str) -> EnvVar {
     EnvVar {
         name,
         key,
@@ -23,7 +23,8 @@ const fn secret(name: &'static str, key: &'static str) -> EnvVar {
     }
 }
 
-/// Every environment variable the daemon reads, and the key it sets.
+/// The environment variables of the core sections, and the key each sets. Each storage backend
+/// lists its own (`Backend::env`); `config::env_vars()` gives them all.
 pub const ENV_VARS: &[EnvVar] = &[
     var("HTTP_LISTEN", "http.listen"),
     secret("HTTP_TOKEN", "http.token"),
@@ -37,33 +38,6 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("ID_STRATEGY", "storage.id_strategy"),
     var("DB", "storage.database"),
     var("RESCHEDULE_COUNTDOWN", "storage.reschedule_countdown"),
-    var("LOCAL_DATA_DIR", "storage.local.path"),
-    secret("MONGODB_URI", "storage.driver.uri"),
-    var("DB_HOST", "storage.driver.host"),
-    var("DB_USER", "storage.driver.user"),
-    secret("DB_PASSWORD", "storage.driver.password"),
-    var("DRIVER_COLLECTION", "storage.driver.collection"),
-    var("DRIVER_WRITE_CONCERN", "storage.driver.write_concern"),
-    var(
-        "DRIVER_SERVER_SELECTION_TIMEOUT_MS",
-        "storage.driver.server_selection_timeout_ms",
-    ),
-    var("DRIVER_BATCH_MAX", "storage.driver.batch_max"),
-    var("DRIVER_BATCH_WAIT_MS", "storage.driver.batch_wait_ms"),
-    var(
-        "DRIVER_OPERATION_TIMEOUT_MS",
-        "storage.driver.operation_timeout_ms",
-    ),
-    var("DATA_API_ENDPOINT", "storage.data_api.endpoint"),
-    secret("DATA_API_KEY", "storage.data_api.api_key"),
-    secret("DATA_API_BEARER_TOKEN", "storage.data_api.bearer_token"),
-    var("DATA_API_EMAIL", "storage.data_api.email"),
-    secret("DATA_API_PASSWORD", "storage.data_api.password"),
-    var("CLUSTER", "storage.data_api.cluster"),
-    var("HTTP_COLLECTION", "storage.data_api.collection"),
-    var("DATA_API_EJSON", "storage.data_api.ejson"),
-    var("DATA_API_TIMEOUT_MS", "storage.data_api.request_timeout_ms"),
-    var("DATA_API_DEADLINE_MS", "storage.data_api.deadline_ms"),
     var("PERSIST_EVENTS", "events.persist"),
     secret("API_KEY", "connect.api_key"),
     var("ENVIRONMENT_ID", "connect.environment_id"),
@@ -102,8 +76,3 @@ pub const ENV_VARS: &[EnvVar] = &[
     ),
     var("SHUTDOWN_GRACE", "shutdown.grace"),
 ];
-
-/// The variable that overrides `key`, if any.
-pub fn env_name_for(key: &str) -> Option<&'static str> {
-    ENV_VARS.iter().find(|v| v.key == key).map(|v| v.name)
-}

@@ -26,7 +26,8 @@ pub mod env;
 pub mod error;
 pub mod secret;
 
-pub use env::{env_name_for, EnvVar, ENV_VARS};
+pub use env::{EnvVar, ENV_VARS};
+pub use error::Bound;
 pub use error::ConfigError;
 pub use secret::{redact_uri, redact_url, Secret, SecretUrl, URL_QUERY_ALLOW_LIST};
 
@@ -40,8 +41,9 @@ use crate::events::settings::Settings as EventsSettings;
 use crate::http::settings::Settings as HttpSettings;
 use crate::shutdown::Settings as ShutdownSettings;
 use crate::storage::settings::Settings as StorageSettings;
+use crate::storage::BACKENDS;
 use crate::telemetry::settings::Settings as TelemetrySettings;
-use error::setting_error;
+use error::{setting_error, setting_error_in};
 
 /// The documented defaults, embedded so the binary runs with no file around it.
 pub const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -56,34 +58,44 @@ pub struct Settings {
     pub connect: ConnectSettings,
     pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
+    /// The layers this was loaded from (defaults < file < environment), kept so that "Apply
+    /// Changes" is one more layer over the same ([`Settings::with_overrides`]).
+    #[serde(skip)]
+    layers: Layers,
 }
 
-/// The accepted range of one numeric setting (see [`Settings::bounds`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Bound {
-    pub key: &'static str,
-    pub value: u64,
-    pub min: u64,
-    pub max: u64,
-    pub unit: &'static str,
-    pub why: &'static str,
+/// The layered configuration a [`Settings`] was loaded from (never shown: it holds secrets).
+#[derive(Clone, Default)]
+struct Layers(Option<std::sync::Arc<config::Config>>);
+
+impl std::fmt::Debug for Layers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Layers")
+    }
 }
 
-impl Bound {
-    fn new(key: &'static str, value: u64, min: u64, max: u64, unit: &'static str) -> Self {
-        Self {
-            key,
-            value,
-            min,
-            max,
-            unit,
-            why: "",
-        }
+/// Every environment variable the daemon reads: [`ENV_VARS`] and each backend's own
+/// (`storage::BACKENDS`).
+pub fn env_vars() -> impl Iterator<Item = &'static EnvVar> {
+    ENV_VARS
+        .iter()
+        .chain(BACKENDS.iter().flat_map(|b| b.env.iter()))
+}
+
+/// The variable that overrides `key`, if any.
+pub fn env_name_for(key: &str) -> Option<&'static str> {
+    env_vars().find(|v| v.key == key).map(|v| v.name)
+}
+
+/// The whole documented configuration: `config/default.toml` then each backend's section (its
+/// folder's `default.toml`), as the loader layers them.
+pub fn reference_toml() -> String {
+    let mut text = DEFAULTS.to_string();
+    for b in BACKENDS.iter().filter(|b| !b.defaults.is_empty()) {
+        text.push('\n');
+        text.push_str(b.defaults);
     }
-    fn why(mut self, why: &'static str) -> Self {
-        self.why = why;
-        self
-    }
+    text
 }
 
 impl AsRef<StorageSettings> for Settings {
@@ -138,6 +150,9 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         use config::{Config, File, FileFormat};
         let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        for b in BACKENDS.iter().filter(|b| !b.defaults.is_empty()) {
+            builder = builder.add_source(File::from_str(b.defaults, FileFormat::Toml));
+        }
         match file {
             None => {}
             Some(Some(path)) => {
@@ -157,17 +172,48 @@ impl Settings {
                 );
             }
         }
-        for v in ENV_VARS {
+        for v in env_vars() {
             if let Some(value) = env(v.name).filter(|s| !s.is_empty()) {
                 builder = builder
                     .set_override(v.key, value)
                     .map_err(|e| setting_error(v.key, e))?;
             }
         }
-        let built = builder.build().map_err(map_config_error)?;
-        let settings: Settings = built.try_deserialize().map_err(map_config_error)?;
+        let settings = Self::from_layers(builder)?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Deserializes the layered configuration: every section, then every backend's.
+    fn from_layers(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Settings, ConfigError> {
+        let built = builder.build().map_err(map_config_error)?;
+        let mut settings: Settings = built.clone().try_deserialize().map_err(map_config_error)?;
+        settings
+            .storage
+            .load_sections(BACKENDS, &built)
+            .map_err(map_config_error)?;
+        settings.layers = Layers(Some(std::sync::Arc::new(built)));
+        Ok(settings)
+    }
+
+    /// These settings with one more layer on top: `overrides` (config key, value), as the
+    /// extension variables of "Apply Changes" give them. Not validated (the caller decides what an
+    /// invalid result means); an unreadable value is an error naming the variable.
+    pub fn with_overrides(&self, overrides: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let Layers(Some(layers)) = &self.layers else {
+            return Err(ConfigError(
+                "these settings were not loaded by the configuration loader".into(),
+            ));
+        };
+        let mut builder = config::Config::builder().add_source(layers.as_ref().clone());
+        for (key, value) in overrides {
+            builder = builder
+                .set_override(*key, *value)
+                .map_err(|e| setting_error(key, e))?;
+        }
+        Self::from_layers(builder)
     }
 
     /// Cross-field checks the types cannot express.
@@ -193,7 +239,8 @@ impl Settings {
     fn check_bounds(&self) -> Result<(), ConfigError> {
         for b in self.bounds() {
             if b.value < b.min || b.value > b.max {
-                return Err(setting_error(
+                return Err(setting_error_in(
+                    &env_vars().copied().collect::<Vec<_>>(),
                     b.key,
                     format!(
                         "{} is out of range; accepted: a whole number between {} and {} ({}){}",
@@ -257,48 +304,6 @@ impl Settings {
                 "seconds",
             )
             .why("30 is the platform's minimum"),
-            Bound::new(
-                "storage.driver.server_selection_timeout_ms",
-                st.driver.server_selection_timeout_ms,
-                1,
-                600_000,
-                "milliseconds",
-            ),
-            Bound::new(
-                "storage.driver.batch_max",
-                n(st.driver.batch_max),
-                1,
-                100_000,
-                "documents",
-            ),
-            Bound::new(
-                "storage.driver.batch_wait_ms",
-                st.driver.batch_wait_ms,
-                0,
-                10_000,
-                "milliseconds",
-            ),
-            Bound::new(
-                "storage.driver.operation_timeout_ms",
-                st.driver.operation_timeout_ms,
-                1,
-                3_600_000,
-                "milliseconds",
-            ),
-            Bound::new(
-                "storage.data_api.request_timeout_ms",
-                st.data_api.request_timeout_ms,
-                1,
-                600_000,
-                "milliseconds",
-            ),
-            Bound::new(
-                "storage.data_api.deadline_ms",
-                st.data_api.deadline_ms,
-                1,
-                3_600_000,
-                "milliseconds",
-            ),
             Bound::new(
                 "connect.background_task_max_execution_time",
                 c.background_task_max_execution_time,
@@ -386,6 +391,9 @@ impl Settings {
             ),
             Bound::new("shutdown.grace", self.shutdown.grace, 0, 3_600, "seconds"),
         ]
+        .into_iter()
+        .chain(st.bounds())
+        .collect()
     }
 
     /// The effective configuration as TOML-like JSON, secrets redacted (for `check-config`).
@@ -396,8 +404,7 @@ impl Settings {
     /// Env names mapped to their (redacted) effective value; handy for docs and tests.
     pub fn env_view(&self) -> BTreeMap<&'static str, String> {
         let json = self.redacted_json();
-        ENV_VARS
-            .iter()
+        env_vars()
             .map(|v| {
                 let mut cur = &json;
                 for part in v.key.split('.') {
@@ -418,7 +425,7 @@ fn map_config_error(e: config::ConfigError) -> ConfigError {
     let msg = e.to_string();
     // The crate reports `… for key \`a.b\`` (or "a.b"); find which of our keys it is.
     let mut best: Option<&EnvVar> = None;
-    for v in ENV_VARS {
+    for v in env_vars() {
         if msg.contains(v.key) && best.is_none_or(|b| v.key.len() > b.key.len()) {
             best = Some(v);
         }
@@ -436,7 +443,7 @@ fn map_config_error(e: config::ConfigError) -> ConfigError {
 
 /// What a key accepts, for error messages the deserializer alone would leave vague.
 fn accepted_values(key: &str) -> Option<&'static str> {
-    let defaults = toml::Value::Table(DEFAULTS.parse::<toml::Table>().ok()?);
+    let defaults = toml::Value::Table(reference_toml().parse::<toml::Table>().ok()?);
     let mut cur = &defaults;
     for part in key.split('.') {
         cur = cur.get(part)?;

@@ -1,6 +1,25 @@
 use super::*;
 use crate::events::EventType;
-use crate::storage::settings::{BackendKind, IdStrategy};
+use crate::storage::data_api::settings::Settings as DataApi;
+use crate::storage::driver::settings::Settings as Driver;
+use crate::storage::settings::IdStrategy;
+
+fn driver(s: &Settings) -> &Driver {
+    s.storage.section::<Driver>().unwrap()
+}
+
+fn data_api(s: &Settings) -> &DataApi {
+    s.storage.section::<DataApi>().unwrap()
+}
+
+fn backends(s: &Settings) -> Vec<&'static str> {
+    s.storage
+        .backend_list()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str())
+        .collect()
+}
 
 fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
     Settings::from_vars(vars.iter().copied())
@@ -10,7 +29,7 @@ fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
 fn defaults_are_the_embedded_default() {
     let s = load(&[]).unwrap();
     assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(s.storage.backend_list().unwrap(), vec![BackendKind::Local]);
+    assert_eq!(backends(&s), ["local"]);
     assert_eq!(s.storage.id_strategy, IdStrategy::State);
     assert!(!s.connect.enabled());
     let rules = s.events.persist_rules().unwrap();
@@ -41,24 +60,21 @@ fn tutorial_variables_map_to_their_settings() {
     ])
     .unwrap();
     assert_eq!(
-        s.storage.data_api.endpoint,
+        data_api(&s).endpoint,
         "https://data.example/app/x/endpoint/data/v1"
     );
     assert_eq!(s.storage.database, "tutorial");
-    assert_eq!(s.storage.data_api.collection, "http_coll");
-    assert_eq!(s.storage.data_api.cluster, "Cluster9");
-    assert_eq!(s.storage.driver.host, "cluster0.example.mongodb.net");
-    assert_eq!(s.storage.driver.user, "alice");
-    assert_eq!(s.storage.driver.password.expose(), "p@ss:w/rd");
-    assert_eq!(s.storage.driver.collection, "driver_coll");
+    assert_eq!(data_api(&s).collection, "http_coll");
+    assert_eq!(data_api(&s).cluster, "Cluster9");
+    assert_eq!(driver(&s).host, "cluster0.example.mongodb.net");
+    assert_eq!(driver(&s).user, "alice");
+    assert_eq!(driver(&s).password.expose(), "p@ss:w/rd");
+    assert_eq!(driver(&s).collection, "driver_coll");
     // API_KEY in the process environment is the Connect platform key, not the Data API key.
     assert_eq!(s.connect.api_key.expose(), "ApiKey SU-1:abc");
-    assert_eq!(s.storage.data_api.api_key.expose(), "dk-123");
+    assert_eq!(data_api(&s).api_key.expose(), "dk-123");
     // auto: both backends, as the tutorial's v0.2.0 writes to both
-    assert_eq!(
-        s.storage.backend_list().unwrap(),
-        vec![BackendKind::Driver, BackendKind::DataApi]
-    );
+    assert_eq!(backends(&s), ["driver", "data_api"]);
 }
 
 #[test]
@@ -178,20 +194,19 @@ fn secrets_are_redacted_everywhere() {
         json.contains("mongodb://u:***@db:27017/?authSource=admin"),
         "{json}"
     );
-    assert_eq!(s.storage.driver.password.expose(), "topsecret3");
+    assert_eq!(driver(&s).password.expose(), "topsecret3");
 }
 
 #[test]
 fn every_secret_variable_is_a_secret_type() {
     // Secret keys must deserialize into `Secret`, so they can never be printed in clear.
-    let vars: Vec<(&str, &str)> = ENV_VARS
-        .iter()
+    let vars: Vec<(&str, &str)> = env_vars()
         .filter(|v| v.secret)
         .map(|v| (v.name, "zz-secret-zz"))
         .collect();
     let mut all = vars.clone();
     all.extend([("DB_HOST", "h"), ("DB_USER", "u")]);
-    let s = load(&all).unwrap();
+    let s = load(&all).unwrap_or_else(|e| panic!("{e}"));
     assert!(!format!("{s:?}").contains("zz-secret-zz"));
     assert!(!s.redacted_json().to_string().contains("zz-secret-zz"));
 }
@@ -201,7 +216,7 @@ fn every_env_var_key_exists_in_defaults() {
     let s = load(&[]).unwrap();
     let view = s.env_view();
     let json = s.redacted_json();
-    for v in ENV_VARS {
+    for v in env_vars() {
         let mut cur = &json;
         for part in v.key.split('.') {
             cur = &cur[part];

@@ -5,7 +5,7 @@
 //! the old one). Event definitions are per channel and kept by the channel (first response only).
 //!
 //! **Extension variables → storage settings.** Only the storage *connection* settings may come
-//! from the platform ([`EXTENSION_VARIABLES`]): the tutorial's nine (`DATA_API_ENDPOINT`, `API_KEY`,
+//! from the platform ([`extension_variables`]): the tutorial's nine (`DATA_API_ENDPOINT`, `API_KEY`,
 //! `DB`, `HTTP_COLLECTION`, `CLUSTER`, `DB_HOST`, `DB_USER`, `DB_PASSWORD`, `DRIVER_COLLECTION`)
 //! and their documented extensions (`MONGODB_URI`, the other `DATA_API_*` credentials and
 //! timeouts, the `DRIVER_*` tuning). The extension variable `API_KEY` is the **Data API key** (as
@@ -26,16 +26,13 @@
 //! A setting of a backend that is not selected (e.g. `HTTP_COLLECTION` when only the driver is)
 //! triggers no rebuild.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::protocol::{LoggingMeta, SetupResponse, Variable};
-use crate::config::{Settings, ENV_VARS};
+use crate::config::{env_vars, Settings};
 use crate::redact::Scrubber;
-use crate::storage::data_api::settings::Settings as DataApiSettings;
-use crate::storage::driver::settings::Settings as DriverSettings;
-use crate::storage::BackendKind;
+use crate::storage::settings::Fingerprint;
 use crate::storage::SharedStorage;
 use crate::telemetry::ship;
 use tracing_subscriber::filter::LevelFilter;
@@ -43,38 +40,13 @@ use tracing_subscriber::filter::LevelFilter;
 mod variables;
 
 pub use variables::{
-    declared_variables, refused_variable, set_storage_key, storage_key_for_variable,
-    EXTENSION_VARIABLES, SECURE_PLACEHOLDER,
+    declared_variables, extension_variables, refused_variable, storage_key_for_variable,
+    COMMON_PLATFORM_VARIABLES, SECURE_PLACEHOLDER,
 };
 
-/// What the built storage depends on: the selected backends and the settings of those only —
-/// compared to tell whether a rebuild is needed (a setting of an unselected backend never is).
-#[derive(Debug, Clone, PartialEq)]
-struct StorageFingerprint {
-    backends: Vec<BackendKind>,
-    primary: Option<BackendKind>,
-    database: Option<String>,
-    local_path: Option<PathBuf>,
-    driver: Option<DriverSettings>,
-    data_api: Option<DataApiSettings>,
-}
-
-impl StorageFingerprint {
-    fn of(s: &Settings) -> Self {
-        let st = &s.storage;
-        let backends = st.backend_list().unwrap_or_default();
-        let has = |k: BackendKind| backends.contains(&k);
-        let remote = has(BackendKind::Driver) || has(BackendKind::DataApi);
-        Self {
-            primary: st.primary_backend().ok(),
-            database: remote.then(|| st.database.clone()),
-            local_path: has(BackendKind::Local).then(|| st.local.path.clone()),
-            driver: has(BackendKind::Driver).then(|| st.driver.clone()),
-            data_api: has(BackendKind::DataApi).then(|| st.data_api.clone()),
-            backends,
-        }
-    }
-}
+/// What the built storage depends on ([`crate::storage::settings::Fingerprint`]): compared to
+/// tell whether a rebuild is needed (a setting of an unselected backend never is).
+type StorageFingerprint = Fingerprint;
 
 /// How long a storage configuration that could not be built is not tried again (each attempt
 /// holds a channel's set-up for up to the rebuild timeout).
@@ -170,7 +142,7 @@ impl LiveConfig {
         rebuild_timeout: Duration,
     ) -> Self {
         let applied = tokio::sync::Mutex::new(Applied {
-            installed: StorageFingerprint::of(&base),
+            installed: base.storage.fingerprint(),
             failed: None,
         });
         Self {
@@ -205,9 +177,11 @@ impl LiveConfig {
             .clone()
     }
 
-    /// The local settings with the platform's extension variables applied.
+    /// The local settings with the platform's extension variables applied: one more layer of the
+    /// configuration loader, holding the variables the platform may set. A variable whose value
+    /// cannot be read is ignored with a WARN (never quoting a secret's value); the others apply.
     pub fn effective_settings(&self, merged: &Merged) -> Settings {
-        let mut s = self.base.clone();
+        let mut layer: Vec<(&'static str, &str, bool)> = Vec::new();
         for var in &merged.variables {
             let Some(value) = var.value.as_deref().filter(|v| !v.is_empty()) else {
                 continue;
@@ -221,17 +195,36 @@ impl LiveConfig {
                 }
                 continue;
             };
-            if let Err(e) = set_storage_key(&mut s, key, value) {
+            layer.push((key, value, var.secure));
+        }
+        fn pairs<'a>(layer: &[(&'static str, &'a str, bool)]) -> Vec<(&'static str, &'a str)> {
+            layer.iter().map(|(k, v, _)| (*k, *v)).collect()
+        }
+        if let Ok(s) = self.base.with_overrides(&pairs(&layer)) {
+            return s;
+        }
+        // Some value cannot be read: keep the others, one variable at a time.
+        let mut accepted: Vec<(&'static str, &str, bool)> = Vec::new();
+        for entry in layer {
+            accepted.push(entry);
+            if let Err(e) = self.base.with_overrides(&pairs(&accepted)) {
+                let (key, _, secure) = accepted.pop().expect("just pushed");
+                let name = merged
+                    .variables
+                    .iter()
+                    .find(|v| storage_key_for_variable(&v.name) == Some(key))
+                    .map_or(key, |v| v.name.as_str());
                 // The error quotes the value: never for a secret.
-                let secret = var.secure || ENV_VARS.iter().any(|v| v.key == key && v.secret);
-                if secret {
-                    tracing::warn!(variable = %var.name, "extension variable ignored: invalid value");
+                if secure || env_vars().any(|v| v.key == key && v.secret) {
+                    tracing::warn!(variable = %name, "extension variable ignored: invalid value");
                 } else {
-                    tracing::warn!(variable = %var.name, error = %crate::sanitize::escape_control(&e), "extension variable ignored");
+                    tracing::warn!(variable = %name, error = %crate::sanitize::escape_control(&e.to_string()), "extension variable ignored");
                 }
             }
         }
-        s
+        self.base
+            .with_overrides(&pairs(&accepted))
+            .unwrap_or_else(|_| self.base.clone())
     }
 
     /// True the first time this refused variable is seen with this value.
@@ -350,7 +343,7 @@ impl LiveConfig {
         let mut applied = self.applied.lock().await;
         // Read the merged state under the rebuild lock, so concurrent updates apply in order.
         let settings = self.effective_settings(&self.snapshot());
-        let wanted = StorageFingerprint::of(&settings);
+        let wanted = settings.storage.fingerprint();
         if applied.installed == wanted {
             applied.failed = None;
             return;
@@ -365,10 +358,14 @@ impl LiveConfig {
             tracing::error!(error = %e, "extension variables give an invalid storage configuration; keeping the current storage");
             return;
         }
-        let base_discards = StorageFingerprint::of(&self.base)
+        let base_discards = self
+            .base
+            .storage
+            .fingerprint()
             .backends
-            .contains(&BackendKind::Discard);
-        if wanted.backends.contains(&BackendKind::Discard) && !base_discards {
+            .iter()
+            .any(|k| *k == "none");
+        if wanted.backends.iter().any(|k| *k == "none") && !base_discards {
             tracing::warn!("extension variables would select the discard backend (`none`): refused; keeping the current storage");
             return;
         }

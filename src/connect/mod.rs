@@ -218,15 +218,9 @@ fn log_configured(ws_base: &str, rest_base: &str, instance_id: &str, proxy: Opti
 /// The scrubber of logged frames, knowing every configured secret.
 fn secret_scrubber(settings: &Settings) -> Arc<crate::redact::Scrubber> {
     let scrubber = Arc::new(crate::redact::Scrubber::new());
-    for s in [
-        settings.connect.api_key.expose(),
-        settings.storage.data_api.api_key.expose(),
-        settings.storage.data_api.bearer_token.expose(),
-        settings.storage.data_api.password.expose(),
-        settings.storage.driver.password.expose(),
-        settings.storage.driver.uri.expose(),
-    ] {
-        scrubber.add(s);
+    scrubber.add(settings.connect.api_key.expose());
+    for s in settings.storage.secrets() {
+        scrubber.add(&s);
     }
     scrubber
 }

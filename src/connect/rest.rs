@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::retry::retry_after;
+use crate::retry::{retry_after, GiveUp, Policy};
 use crate::sanitize::error_chain;
 use crate::telemetry::{FetchLabels, Metrics};
 
@@ -48,8 +48,8 @@ pub struct Rest {
     client: reqwest::Client,
     /// `http(s)://host[:port]/public/v1/`
     base: String,
-    retries: u32,
-    retry_delay: Duration,
+    /// `retries` waits of `retry_delay` (a `Retry-After` takes a wait's place).
+    retry: Policy,
     metrics: Arc<Metrics>,
     slots: tokio::sync::Semaphore,
     max_body_bytes: usize,
@@ -97,8 +97,7 @@ impl Rest {
         Self {
             client,
             base,
-            retries,
-            retry_delay,
+            retry: Policy::constant(retry_delay).with_max_retries(retries as usize),
             metrics,
             slots: tokio::sync::Semaphore::new(concurrency.max(1)),
             max_body_bytes: max_body_bytes.max(1),
@@ -204,6 +203,7 @@ impl RestSession<'_> {
         let rest = self.rest;
         let url = format!("{}{}", rest.base, path);
         let network = |message: String| network_error(path, message);
+        let mut waits = None;
         let mut attempt = 0;
         loop {
             let started = Instant::now();
@@ -231,22 +231,31 @@ impl RestSession<'_> {
                 } => (outcome, retriable, wait, err),
             };
             rest.observe(step, &outcome, started);
-            if !retriable || attempt >= rest.retries {
+            if !retriable {
                 return Err(err);
             }
-            let pause = wait.unwrap_or(rest.retry_delay);
-            if tokio::time::Instant::now() + pause > self.deadline {
-                return Err(RestError::Budget {
-                    message: match wait {
-                        Some(w) => format!(
-                            "{err}; Retry-After asks for {} s, beyond the task's time budget ({} s): not waited for",
-                            w.as_secs(),
-                            self.budget.as_secs()
-                        ),
-                        None => format!("{err}; no time left in the task's budget to retry"),
-                    },
-                });
-            }
+            let remaining = self
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now());
+            let pause = match waits
+                .get_or_insert_with(|| rest.retry.backoff())
+                .next_wait(wait, Some(remaining))
+            {
+                Ok(pause) => pause,
+                Err(GiveUp::Exhausted) => return Err(err),
+                Err(GiveUp::Deadline { .. }) => {
+                    return Err(RestError::Budget {
+                        message: match wait {
+                            Some(w) => format!(
+                                "{err}; Retry-After asks for {} s, beyond the task's time budget ({} s): not waited for",
+                                w.as_secs(),
+                                self.budget.as_secs()
+                            ),
+                            None => format!("{err}; no time left in the task's budget to retry"),
+                        },
+                    })
+                }
+            };
             attempt += 1;
             tracing::debug!(error = %err, attempt, wait_ms = pause.as_millis() as u64, "Connect REST call failed; retrying");
             tokio::time::sleep(pause).await;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
-use super::{EventDocument, ListQuery, Provenance, SaveOutcome, Storage};
+use crate::storage::store::{EventDocument, ListQuery, Provenance, SaveOutcome, Storage};
 
 fn unique(prefix: &str) -> String {
     format!(

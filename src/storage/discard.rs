@@ -10,7 +10,25 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{EventDocument, ListQuery, SaveOutcome, Storage, StorageError};
+use crate::storage::backend::{self, Backend};
+use crate::storage::error::StorageError;
+use crate::storage::store::{EventDocument, ListQuery, SaveOutcome, Storage};
+
+/// This backend in the registry (`storage/mod.rs`): no settings, selected only by name.
+pub const DESCRIPTOR: Backend = Backend {
+    name: "none",
+    defaults: "",
+    env: &[],
+    platform_variables: &[],
+    uses_database: false,
+    auto: false,
+    parse: backend::no_settings,
+    open: |_section, _common| {
+        Box::pin(std::future::ready(Ok(
+            std::sync::Arc::new(Discard::new()) as std::sync::Arc<dyn Storage>
+        )))
+    },
+};
 
 pub struct Discard;
 
@@ -77,16 +95,14 @@ mod tests {
             }
         };
         let s = Settings::load_with(None, env(&[("STORAGE_BACKENDS", "none")])).unwrap();
-        assert_eq!(
-            s.storage.backend_list().unwrap(),
-            vec![crate::storage::BackendKind::Discard]
-        );
+        assert_eq!(s.storage.backend_list().unwrap(), ["none"]);
         let s = Settings::load_with(None, env(&[])).unwrap();
         assert!(!s
             .storage
             .backend_list()
             .unwrap()
-            .contains(&crate::storage::BackendKind::Discard));
+            .iter()
+            .any(|b| *b == "none"));
         let built = crate::storage::connect(
             &Settings::load_with(None, env(&[("STORAGE_BACKENDS", "none")])).unwrap(),
         )

@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use super::{EventDocument, ListQuery, SaveOutcome, Storage, StorageError};
+use crate::storage::error::StorageError;
+use crate::storage::store::{EventDocument, ListQuery, SaveOutcome, Storage};
 
 pub struct FanOut {
     backends: Vec<Arc<dyn Storage>>,

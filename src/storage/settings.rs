@@ -1,83 +1,190 @@
 //! The storage settings (`[storage]`): which backends, the id strategy, the database, and each
-//! backend's own section (in the backend's folder).
+//! backend's own section — parsed by that backend ([`super::backend::Backend::parse`]) and held
+//! here type-erased, in the order of the `backends!` list.
 
+use std::fmt;
+
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 
-use super::data_api::settings::{Params as DataApiParams, Settings as DataApiSettings};
-use super::driver::settings::{Params as DriverParams, Settings as DriverSettings};
-use super::local::settings::Settings as LocalSettings;
-use crate::config::error::{setting_error, split_list, ConfigError};
-use crate::config::secret::redact_url;
+pub use super::backend::IdStrategy;
+use super::backend::{Backend, BackendSettings, Common};
+use crate::config::error::{join, setting_error, split_list, Bound, ConfigError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IdStrategy {
-    State,
-    Task,
-    Generated,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendKind {
-    Local,
-    Driver,
-    DataApi,
-    /// `none`: answers every save as stored and keeps nothing — benchmarking only, never `auto`.
-    Discard,
-}
+/// One backend, by its descriptor (compared by name).
+#[derive(Clone, Copy, PartialEq)]
+pub struct BackendKind(pub &'static Backend);
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 4] = [Self::Local, Self::Driver, Self::DataApi, Self::Discard];
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Driver => "driver",
-            Self::DataApi => "data_api",
-            Self::Discard => "none",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|b| b.as_str() == s)
+        self.0.name
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+impl fmt::Debug for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name)
+    }
+}
+
+impl PartialEq<&str> for BackendKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.0.name == *other
+    }
+}
+
+#[derive(Clone, Deserialize)]
 pub struct Settings {
-    /// Raw value of `storage.backends` ("auto" or a list); see [`Settings::backend_list`].
+    /// Raw value of `storage.backends` ("auto" or a list), resolved at load into
+    /// [`Settings::backend_list`].
     pub backends: String,
     pub primary: String,
     pub id_strategy: IdStrategy,
     pub database: String,
     pub reschedule_countdown: u64,
-    pub local: LocalSettings,
-    pub driver: DriverSettings,
-    pub data_api: DataApiSettings,
+    /// Every registered backend's section, in registry order (filled by [`Settings::load_sections`]).
+    #[serde(skip)]
+    sections: Vec<(BackendKind, Box<dyn BackendSettings>)>,
+    /// `backends` resolved (filled by [`Settings::load_sections`]).
+    #[serde(skip)]
+    selected: Vec<BackendKind>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("StorageSettings");
+        d.field("backends", &self.backends)
+            .field("primary", &self.primary)
+            .field("id_strategy", &self.id_strategy)
+            .field("database", &self.database)
+            .field("reschedule_countdown", &self.reschedule_countdown);
+        for (kind, section) in &self.sections {
+            d.field(kind.as_str(), section);
+        }
+        d.finish()
+    }
+}
+
+/// `check-config`'s view: the common keys, then each backend's section (secrets redacted).
+impl Serialize for Settings {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("backends", &self.backends)?;
+        map.serialize_entry("primary", &self.primary)?;
+        map.serialize_entry("id_strategy", &self.id_strategy)?;
+        map.serialize_entry("database", &self.database)?;
+        map.serialize_entry("reschedule_countdown", &self.reschedule_countdown)?;
+        for (kind, section) in &self.sections {
+            if kind.0.defaults.is_empty() {
+                continue;
+            }
+            map.serialize_entry(kind.as_str(), &section.redacted())?;
+        }
+        map.end()
+    }
 }
 
 impl Settings {
-    /// The backends every event is written to, resolved from `storage.backends`.
+    /// Parses every registered backend's section from the layered configuration and resolves
+    /// `backends` / `primary` (called once by the loader).
+    pub fn load_sections(
+        &mut self,
+        registry: &[&'static Backend],
+        config: &config::Config,
+    ) -> Result<(), config::ConfigError> {
+        self.sections = registry
+            .iter()
+            .map(|b| {
+                Ok((
+                    BackendKind(b),
+                    (b.parse)(config, &format!("storage.{}", b.name))?,
+                ))
+            })
+            .collect::<Result<_, config::ConfigError>>()?;
+        self.selected = self.resolve_backends().unwrap_or_default();
+        Ok(())
+    }
+
+    /// What every backend may use.
+    pub fn common(&self) -> Common<'_> {
+        Common {
+            database: &self.database,
+            id_strategy: self.id_strategy,
+        }
+    }
+
+    /// The section of backend `T` (`None` when `T` is not a registered backend's section).
+    pub fn section<T: 'static>(&self) -> Option<&T> {
+        self.sections
+            .iter()
+            .find_map(|(_, s)| s.as_any().downcast_ref::<T>())
+    }
+
+    /// The section of backend `T`, to change it (tests, tools).
+    pub fn section_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.sections
+            .iter_mut()
+            .find_map(|(_, s)| s.as_any_mut().downcast_mut::<T>())
+    }
+
+    /// The section of the backend named `name`.
+    pub fn section_of(&self, name: &str) -> Option<&dyn BackendSettings> {
+        self.sections
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, s)| s.as_ref())
+    }
+
+    /// The backends every event is written to (resolved at load).
     pub fn backend_list(&self) -> Result<Vec<BackendKind>, ConfigError> {
+        if self.selected.is_empty() {
+            return self.resolve_backends();
+        }
+        Ok(self.selected.clone())
+    }
+
+    fn registered(&self) -> impl Iterator<Item = BackendKind> + '_ {
+        self.sections.iter().map(|(k, _)| *k)
+    }
+
+    fn by_name(&self, name: &str) -> Option<BackendKind> {
+        self.registered().find(|k| k.as_str() == name)
+    }
+
+    /// The registered names; without `none` (the benchmark-only discard) unless `with_none`.
+    fn names(&self, with_none: bool) -> String {
+        join(
+            &self
+                .registered()
+                .filter(|k| with_none || *k != "none")
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn resolve_backends(&self) -> Result<Vec<BackendKind>, ConfigError> {
         let raw = self.backends.trim();
         if raw.is_empty() || raw == "auto" {
-            let mut list = Vec::new();
-            if self.driver.is_configured() {
-                list.push(BackendKind::Driver);
-            }
-            if self.data_api.is_configured() {
-                list.push(BackendKind::DataApi);
-            }
+            let mut list: Vec<BackendKind> = self
+                .sections
+                .iter()
+                .filter(|(k, s)| k.0.auto && s.is_configured())
+                .map(|(k, _)| *k)
+                .collect();
             if list.is_empty() {
-                list.push(BackendKind::Local);
+                list.extend(self.by_name("local"));
             }
             return Ok(list);
         }
         let mut list = Vec::new();
         for name in split_list(raw) {
-            let kind = BackendKind::parse(&name).ok_or_else(|| {
+            let kind = self.by_name(&name).ok_or_else(|| {
                 setting_error(
                     "storage.backends",
-                    format!("unknown backend `{name}`; accepted: auto, or a comma-separated list of local, driver, data_api (or none, for benchmarks)"),
+                    format!(
+                        "unknown backend `{name}`; accepted: auto, or a comma-separated list of {} (or none, for benchmarks)",
+                        self.names(false)
+                    ),
                 )
             })?;
             if !list.contains(&kind) {
@@ -90,15 +197,19 @@ impl Settings {
     /// The backend answering read-back.
     pub fn primary_backend(&self) -> Result<BackendKind, ConfigError> {
         let list = self.backend_list()?;
+        let Some(first) = list.first().copied() else {
+            return Err(setting_error("storage.backends", "no backend selected"));
+        };
         if self.primary.trim().is_empty() {
-            return Ok(list[0]);
+            return Ok(first);
         }
-        let kind = BackendKind::parse(self.primary.trim()).ok_or_else(|| {
+        let kind = self.by_name(self.primary.trim()).ok_or_else(|| {
             setting_error(
                 "storage.primary",
                 format!(
-                    "unknown backend `{}`; accepted: local, driver, data_api, none",
-                    self.primary
+                    "unknown backend `{}`; accepted: {}",
+                    self.primary,
+                    self.names(true)
                 ),
             )
         })?;
@@ -108,91 +219,73 @@ impl Settings {
                 format!(
                     "`{}` is not among the configured backends ({})",
                     kind.as_str(),
-                    list.iter()
-                        .map(|b| b.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    join(&list.iter().map(|b| b.as_str()).collect::<Vec<_>>())
                 ),
             ));
         }
         Ok(kind)
     }
-}
 
-impl Settings {
-    /// Cross-field checks of the storage settings (called by `config::Settings::validate`).
+    /// Checks of the storage settings (called by `config::Settings::validate`): the backend list,
+    /// the primary, and each backend's own checks.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let backends = self.backend_list()?;
+        let backends = self.resolve_backends()?;
         self.primary_backend()?;
-        if backends.contains(&BackendKind::Driver) && !self.driver.is_configured() {
-            return Err(setting_error(
-                "storage.driver.uri",
-                "the driver backend is selected but neither MONGODB_URI nor DB_HOST is set",
-            ));
-        }
-        if backends.contains(&BackendKind::Driver) && self.driver.uri.is_empty() {
-            for (key, empty) in [
-                ("storage.driver.user", self.driver.user.is_empty()),
-                ("storage.driver.password", self.driver.password.is_empty()),
-            ] {
-                if empty {
-                    return Err(setting_error(
-                        key,
-                        "required with DB_HOST (the URI is mongodb+srv://DB_USER:DB_PASSWORD@DB_HOST/); or set MONGODB_URI",
-                    ));
-                }
-            }
-        }
-        let remote =
-            backends.contains(&BackendKind::Driver) || backends.contains(&BackendKind::DataApi);
-        if remote && self.database.is_empty() {
-            return Err(setting_error("storage.database", "must not be empty"));
-        }
-        if backends.contains(&BackendKind::DataApi) {
-            let ep = &self.data_api.endpoint;
-            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                return Err(setting_error(
-                    "storage.data_api.endpoint",
-                    format!(
-                        "`{}` must be an http:// or https:// URL (…/endpoint/data/v1)",
-                        redact_url(ep)
-                    ),
-                ));
-            }
-        }
-        let wc = self.driver.write_concern.as_str();
-        if wc != "majority" && wc.parse::<u32>().is_err() {
-            return Err(setting_error(
-                "storage.driver.write_concern",
-                format!(
-                    "`{wc}` is not accepted; accepted: majority, or a number of nodes (e.g. 1)"
-                ),
-            ));
+        let common = self.common();
+        for (kind, section) in &self.sections {
+            section.check(&common, backends.contains(kind))?;
         }
         Ok(())
     }
+
+    /// Every backend's numeric ranges.
+    pub fn bounds(&self) -> Vec<Bound> {
+        self.sections.iter().flat_map(|(_, s)| s.bounds()).collect()
+    }
+
+    /// Every secret value the backends' sections hold (for the log scrubber).
+    pub fn secrets(&self) -> Vec<String> {
+        self.sections
+            .iter()
+            .flat_map(|(_, s)| s.secrets())
+            .collect()
+    }
+
+    /// What the built storage depends on: the selected backends, the primary, the common settings
+    /// when a selected backend uses them, and the sections of the selected backends only —
+    /// compared to tell whether "Apply Changes" needs a rebuild.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let backends = self.backend_list().unwrap_or_default();
+        Fingerprint {
+            primary: self.primary_backend().ok(),
+            database: backends
+                .iter()
+                .any(|k| k.0.uses_database)
+                .then(|| self.database.clone()),
+            id_strategy: self.id_strategy,
+            sections: self
+                .sections
+                .iter()
+                .filter(|(k, _)| backends.contains(k))
+                .map(|(k, s)| (*k, s.clone()))
+                .collect(),
+            backends,
+        }
+    }
+}
+
+/// See [`Settings::fingerprint`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint {
+    pub backends: Vec<BackendKind>,
+    primary: Option<BackendKind>,
+    database: Option<String>,
+    id_strategy: IdStrategy,
+    sections: Vec<(BackendKind, Box<dyn BackendSettings>)>,
 }
 
 impl AsRef<Settings> for Settings {
     fn as_ref(&self) -> &Settings {
         self
-    }
-}
-
-impl<'a> From<&'a Settings> for DriverParams<'a> {
-    fn from(s: &'a Settings) -> Self {
-        DriverParams {
-            settings: &s.driver,
-            database: &s.database,
-        }
-    }
-}
-
-impl<'a> From<&'a Settings> for DataApiParams<'a> {
-    fn from(s: &'a Settings) -> Self {
-        DataApiParams {
-            settings: &s.data_api,
-            database: &s.database,
-        }
     }
 }

@@ -230,6 +230,12 @@ pub fn parse_level(name: &str) -> Option<LevelFilter> {
 /// Starts shipping to `destination` (or retargets: key, URL, meta and levels take effect for the
 /// next batch). Must run inside a tokio runtime (the sender task is spawned on first use).
 pub fn configure(destination: Destination) {
+    // One configuration at a time, levels reload included: both channels configure on their
+    // setup and log right after; the second must not log before the first one's reload is in
+    // force (it sees the levels unchanged, skips the reload, and its lines would be filtered by
+    // the levels of before).
+    static CONFIGURING: Mutex<()> = Mutex::new(());
+    let _one = CONFIGURING.lock().unwrap_or_else(|e| e.into_inner());
     let g = global();
     let changed_levels = {
         let mut current = g.destination.lock().expect("ship lock");

@@ -2,12 +2,10 @@
 //! the drain at shutdown.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::AbortHandle;
-use tokio::time::Instant;
 
 use super::Channel;
 use crate::connect::protocol::Task;
@@ -67,17 +65,11 @@ impl Channel {
 
     /// Waits for in-flight tasks up to `limit`; tasks still running then are answered `retry`.
     pub(super) async fn drain(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.in_flight() == 0 && self.finishing.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break;
-            }
+        // Closed, the tracker's `wait` ends once no task runs or waits to queue its result. The
+        // channel ends after a drain, so it is never reopened.
+        self.tasks.close();
+        if tokio::time::timeout(limit, self.tasks.wait()).await.is_ok() {
+            return;
         }
         let left: Vec<InFlight> = self
             .inflight

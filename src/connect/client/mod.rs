@@ -33,13 +33,12 @@
 //! * The upgrade carries `Authorization` and a `User-Agent` naming this daemon and its version.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::stream::SplitSink;
 use futures_util::StreamExt;
-use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -47,6 +46,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::secret::Secret;
 use crate::connect::live::LiveConfig;
@@ -168,9 +168,8 @@ pub struct Channel {
     outbox: Arc<Outbox>,
     slots: Arc<Semaphore>,
     inflight: Mutex<HashMap<u64, InFlight>>,
-    idle: Notify,
-    /// Tasks done but whose result is not queued yet.
-    finishing: AtomicUsize,
+    /// Every spawned task until its result is queued (or it is aborted): what a drain waits for.
+    tasks: TaskTracker,
     next_id: AtomicU64,
     /// This channel's event definitions: from its first `setup_response` only (§4.4).
     definitions: RwLock<Option<Arc<Definitions>>>,
@@ -204,6 +203,7 @@ impl Channel {
             outbox: Arc::new(Outbox {
                 queue: Mutex::new(VecDeque::new()),
                 notify: Notify::new(),
+                emptied: Notify::new(),
                 space: Arc::new(Semaphore::new(opts.result_buffer.max(1))),
                 bytes: Arc::new(Semaphore::new(bytes_cap)),
                 bytes_cap,
@@ -211,8 +211,7 @@ impl Channel {
             }),
             slots: Arc::new(Semaphore::new(opts.max_in_flight.max(1))),
             inflight: Mutex::new(HashMap::new()),
-            idle: Notify::new(),
-            finishing: AtomicUsize::new(0),
+            tasks: TaskTracker::new(),
             next_id: AtomicU64::new(0),
             definitions: RwLock::new(None),
             labels,
@@ -244,6 +243,14 @@ impl Channel {
     /// Runs until the platform shuts the channel down or `stop` is cancelled (then drains).
     /// Returns true when the platform asked for the shutdown.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) -> bool {
+        // Full jitter over `backoff_base · 2^k`, capped at `backoff_cap`, for ever; k counts the
+        // failures since the last set-up connection.
+        let policy = crate::retry::Policy::exponential(
+            self.opts.tuning.backoff_base,
+            self.opts.tuning.backoff_cap,
+        )
+        .with_full_jitter();
+        let mut waits = policy.backoff();
         let mut attempt: u32 = 0;
         loop {
             if stop.is_cancelled() {
@@ -258,6 +265,7 @@ impl Channel {
             match connected {
                 Ok((ws, setup)) => {
                     attempt = 0;
+                    waits = policy.backoff();
                     self.apply_setup(&setup).await;
                     self.status.set(true, "");
                     tracing::info!(channel = self.name(), "Connect channel set up");
@@ -297,13 +305,7 @@ impl Channel {
                     }
                 }
                 Err(e) => {
-                    let cap = self
-                        .opts
-                        .tuning
-                        .backoff_base
-                        .saturating_mul(1u32 << attempt.min(20))
-                        .min(self.opts.tuning.backoff_cap);
-                    let wait = cap.mul_f64(rand::thread_rng().gen_range(0.0..=1.0));
+                    let wait = waits.next().unwrap_or(self.opts.tuning.backoff_cap);
                     attempt = attempt.saturating_add(1);
                     self.status.set(false, &format!("cannot connect: {e}"));
                     tracing::warn!(
@@ -389,11 +391,7 @@ impl Channel {
         writer: tokio::task::JoinHandle<Option<SplitSink<Ws, Message>>>,
         dead: CancellationToken,
     ) {
-        let flush = async {
-            while self.outbox.len() > 0 && !dead.is_cancelled() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
+        let flush = self.outbox.emptied(&dead);
         let _ = tokio::time::timeout(self.opts.tuning.flush_timeout, flush).await;
         let _ = ctl_tx.send(Message::Close(Some(CloseFrame {
             code: CloseCode::Normal,

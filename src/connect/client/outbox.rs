@@ -26,6 +26,8 @@ pub(super) struct OutFrame {
 pub(super) struct Outbox {
     pub(super) queue: Mutex<VecDeque<OutFrame>>,
     pub(super) notify: Notify,
+    /// Woken when a `pop` leaves the queue empty (the flush before a close waits for it).
+    pub(super) emptied: Notify,
     pub(super) space: Arc<Semaphore>,
     /// One permit per byte queued, `result_buffer_bytes` in all.
     pub(super) bytes: Arc<Semaphore>,
@@ -99,12 +101,30 @@ impl Outbox {
         drop(q);
         self.notify.notify_one();
     }
+    /// Waits until the queue is empty (its last frame taken by the writer) or `dead` is cancelled.
+    pub(super) async fn emptied(&self, dead: &CancellationToken) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.len() == 0 || dead.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = emptied => {}
+                _ = dead.cancelled() => return,
+            }
+        }
+    }
     pub(super) async fn pop(&self) -> OutFrame {
         loop {
             {
                 let mut q = self.queue.lock().expect("outbox lock");
                 if let Some(f) = q.pop_front() {
                     self.gauge.set(q.len() as i64);
+                    if q.is_empty() {
+                        self.emptied.notify_waiters();
+                    }
                     return f;
                 }
             }

@@ -411,17 +411,11 @@ impl Channel {
             .clone()
             .unwrap_or_default();
         let me = self.clone();
-        let handle = tokio::spawn(async move {
+        // Tracked until its result is queued: `drain` waits for that.
+        let handle = self.tasks.spawn(async move {
             let service_id = me.shared.live.service_id();
             let out = tasks::run(&me.shared.tasks, &defs, service_id.as_deref(), &task).await;
-            let entry = {
-                let mut map = me.inflight.lock().expect("inflight lock");
-                let e = map.remove(&id);
-                if e.is_some() {
-                    me.finishing.fetch_add(1, Ordering::SeqCst);
-                }
-                e
-            };
+            let entry = me.inflight.lock().expect("inflight lock").remove(&id);
             if entry.is_some() {
                 me.in_flight_gauge.dec();
                 if out.result != "success" && out.result != "skip" {
@@ -434,9 +428,7 @@ impl Channel {
                     );
                 }
                 me.outbox.push(me.result_frame(&task, out)).await;
-                me.finishing.fetch_sub(1, Ordering::SeqCst);
             }
-            me.idle.notify_waiters();
             drop(permit);
         });
         if let Some(f) = self.inflight.lock().expect("inflight lock").get_mut(&id) {

@@ -4,14 +4,14 @@
 use super::errors::{reqwest_error, ApiError, ApiErrorKind};
 use super::{ApiResult, DataApiStorage, MAX_ERROR_READ, MAX_INSERT_ANSWER, MAX_READ_ANSWER};
 use crate::config::secret::Secret;
+use crate::retry::{self, Backoff};
 use bson::Bson;
-use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{json, Map, Value};
 use std::time::{Duration, Instant};
 
-/// Backoff between retries: full jitter over `base · 2^(attempt-1)`, capped, at most `max_attempts`
-/// requests, all within the overall deadline.
+/// The Data API's retries: full jitter over `base · 2^(attempt-1)`, capped, at most `max_attempts`
+/// requests, all within the overall deadline (see [`crate::retry`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub base: Duration,
@@ -30,14 +30,12 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait before attempt `attempt + 1` (`attempt` ≥ 1): uniform in `[0, min(cap, base·2^(attempt-1))]`.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let ceiling = exp.min(self.cap);
-        let millis = ceiling.as_millis() as u64;
-        Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
+    /// The waits between the requests of one call: before attempt `n + 1` (`n` ≥ 1), uniform in
+    /// `[0, min(cap, base·2^(n-1))]`; `max_attempts - 1` of them.
+    pub fn policy(&self) -> retry::Policy {
+        retry::Policy::exponential(self.base, self.cap)
+            .with_max_retries(self.max_attempts.saturating_sub(1) as usize)
+            .with_full_jitter()
     }
 }
 
@@ -237,6 +235,7 @@ impl DataApiStorage {
         let body = self.body(fields);
         let started = Instant::now();
         let mut attempt = 0u32;
+        let mut waits: Option<Backoff> = None;
         let mut previous: Option<Box<ApiError>> = None;
         loop {
             attempt += 1;
@@ -257,11 +256,12 @@ impl DataApiStorage {
             if !err.is_retriable() {
                 return Err(err);
             }
-            let wait = err
-                .retry_after
-                .unwrap_or_else(|| self.retry.backoff(attempt));
             let remaining = deadline.saturating_sub(started.elapsed());
-            if attempt >= self.retry.max_attempts || wait >= remaining {
+            // Built at the first failure only: a call that succeeds at once builds nothing.
+            let next = waits
+                .get_or_insert_with(|| self.retry.policy().backoff())
+                .next_wait(err.retry_after, Some(remaining));
+            let Ok(wait) = next else {
                 tracing::warn!(
                     action,
                     attempts = attempt,
@@ -269,7 +269,7 @@ impl DataApiStorage {
                     "Data API request failed; giving up for now"
                 );
                 return Err(err);
-            }
+            };
             tracing::debug!(
                 action,
                 attempt,

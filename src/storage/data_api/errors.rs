@@ -4,7 +4,7 @@
 use super::{BACKEND, MAX_ERROR_BODY};
 pub(super) use crate::retry::retry_after as parse_retry_after;
 use crate::sanitize::{error_chain, escaped_excerpt};
-use crate::storage::StorageError;
+use crate::storage::error::StorageError;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::Value;

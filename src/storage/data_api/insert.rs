@@ -3,7 +3,8 @@
 
 use super::errors::{decode_error, truncate, ApiError, ApiErrorKind, DuplicateOn};
 use super::{decode_value, ApiResult, DataApiStorage, BACKEND, INSERT_MANY_CHUNK, MAX_ERROR_BODY};
-use crate::storage::{EventDocument, SaveOutcome, StorageError};
+use crate::storage::error::StorageError;
+use crate::storage::store::{EventDocument, SaveOutcome};
 use serde_json::{json, Value};
 
 /// What a 2xx insert answer must carry: the `_id`s sent, in order (`insertedId` / `insertedIds`),

@@ -71,12 +71,15 @@ use async_trait::async_trait;
 use bson::Bson;
 use serde_json::{json, Map, Value};
 
-use super::{EventDocument, ListQuery, SaveOutcome, Storage, StorageError};
+use crate::storage::error::StorageError;
+use crate::storage::store::{EventDocument, ListQuery, SaveOutcome, Storage};
 
 mod call;
 mod errors;
 mod insert;
 pub mod settings;
+
+use crate::storage::backend::{self, Backend};
 
 pub use call::RetryPolicy;
 pub use errors::{shown_endpoint, ApiError, ApiErrorKind, DuplicateOn};
@@ -86,6 +89,29 @@ use insert::{document_of, documents_of};
 use settings::Params;
 
 const BACKEND: &str = "data_api";
+
+/// This backend in the registry (`storage/mod.rs`).
+pub const DESCRIPTOR: Backend = Backend {
+    name: BACKEND,
+    defaults: include_str!("default.toml"),
+    env: settings::ENV,
+    platform_variables: settings::PLATFORM_VARIABLES,
+    uses_database: true,
+    auto: true,
+    parse: backend::parse::<settings::Settings>,
+    open: |section, common| {
+        let settings = backend::section::<settings::Settings>(section).clone();
+        let database = common.database.to_string();
+        Box::pin(async move {
+            let store = DataApiStorage::connect(Params {
+                settings: &settings,
+                database: &database,
+            })
+            .await?;
+            Ok(std::sync::Arc::new(store) as std::sync::Arc<dyn Storage>)
+        })
+    },
+};
 /// Most documents sent in one `insertMany` request.
 const INSERT_MANY_CHUNK: usize = 500;
 /// Error bodies kept in messages are cut to this many bytes.

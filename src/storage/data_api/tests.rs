@@ -17,10 +17,18 @@ fn backoff_is_bounded() {
         cap: Duration::from_millis(500),
         max_attempts: 5,
     };
-    for attempt in 1..40 {
-        assert!(p.backoff(attempt) <= Duration::from_millis(500));
+    // One wait between each two of the `max_attempts` requests.
+    let waits: Vec<Duration> = p.policy().backoff().collect();
+    assert_eq!(waits.len(), 4);
+    assert!(waits[0] <= Duration::from_millis(100));
+    // However many attempts: never above the cap.
+    let unlimited = crate::retry::Policy {
+        max_retries: None,
+        ..p.policy()
+    };
+    for wait in unlimited.backoff().take(39) {
+        assert!(wait <= Duration::from_millis(500));
     }
-    assert!(p.backoff(1) <= Duration::from_millis(100));
 }
 
 #[test]

@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::errors::{classify, classify_code, is_duplicate_key, write_concern_error};
 use super::uri::scrub_error;
 use super::BACKEND;
-use crate::storage::{SaveOutcome, StorageError};
+use crate::storage::error::StorageError;
+use crate::storage::store::SaveOutcome;
 
 pub(super) type Results = Vec<Result<SaveOutcome, StorageError>>;
 

@@ -11,7 +11,7 @@ use super::errors::describe;
 use super::settings::Settings as DriverSettings;
 use super::uri::{scrub, Target};
 use super::BACKEND;
-use crate::storage::StorageError;
+use crate::storage::error::StorageError;
 
 #[derive(Clone, PartialEq, Eq)]
 pub(super) struct ClientKey {

@@ -7,7 +7,8 @@ use percent_encoding::percent_decode_str;
 use serde_json::{Map, Number, Value};
 
 use super::{BACKEND, MAX_DOCUMENT_BYTES, RECEIVED_DATE};
-use crate::storage::{EventDocument, StorageError, META_KEY};
+use crate::storage::error::StorageError;
+use crate::storage::store::{EventDocument, META_KEY};
 
 /// The stored form of a field name (see the module doc).
 pub fn encode_key(k: &str) -> Cow<'_, str> {

@@ -3,7 +3,7 @@
 use mongodb::error::{Error as MongoError, ErrorKind, InsertManyError, WriteFailure};
 
 use super::BACKEND;
-use crate::storage::StorageError;
+use crate::storage::error::StorageError;
 
 /// A short description of a driver error (its kind's message and labels).
 pub(super) fn describe(e: &MongoError) -> String {

@@ -75,13 +75,39 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::{EventDocument, ListQuery, SaveOutcome, Storage, StorageError, META_KEY};
+use crate::storage::error::StorageError;
+use crate::storage::store::{EventDocument, ListQuery, SaveOutcome, Storage, META_KEY};
 
 pub mod settings;
+
+use crate::storage::backend::{self, Backend};
 
 use settings::Params;
 
 const BACKEND: &str = "driver";
+
+/// This backend in the registry (`storage/mod.rs`).
+pub const DESCRIPTOR: Backend = Backend {
+    name: BACKEND,
+    defaults: include_str!("default.toml"),
+    env: settings::ENV,
+    platform_variables: settings::PLATFORM_VARIABLES,
+    uses_database: true,
+    auto: true,
+    parse: backend::parse::<settings::Settings>,
+    open: |section, common| {
+        let settings = backend::section::<settings::Settings>(section).clone();
+        let database = common.database.to_string();
+        Box::pin(async move {
+            let store = DriverStorage::connect(Params {
+                settings: &settings,
+                database: &database,
+            })
+            .await?;
+            Ok(Arc::new(store) as Arc<dyn Storage>)
+        })
+    },
+};
 /// MongoDB's largest document.
 pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 /// Most `insert_many` batches in flight at once.

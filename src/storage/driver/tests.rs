@@ -198,7 +198,7 @@ fn the_tutorial_variables_build_the_srv_uri() {
         ("DB_USER", "alice"),
         ("DB_PASSWORD", "p@ss:w/rd?#%"),
     ]);
-    let t = Target::from_settings(&s.storage.driver).unwrap();
+    let t = Target::from_settings(s.storage.section::<super::settings::Settings>().unwrap()).unwrap();
     assert_eq!(
         t.uri,
         "mongodb+srv://alice:p%40ss%3Aw%2Frd%3F%23%25@cluster0.example.mongodb.net/"
@@ -216,7 +216,7 @@ fn the_tutorial_variables_build_the_srv_uri() {
         ("MONGODB_URI", "mongodb://h:1/"),
     ]);
     assert_eq!(
-        Target::from_settings(&s.storage.driver).unwrap().uri,
+        Target::from_settings(s.storage.section::<super::settings::Settings>().unwrap()).unwrap().uri,
         "mongodb://h:1/"
     );
 }

@@ -7,7 +7,7 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 use super::settings::Settings as DriverSettings;
 use super::BACKEND;
 use crate::config::secret::redact_uri;
-use crate::storage::StorageError;
+use crate::storage::error::StorageError;
 
 /// What Python's `urllib.parse.quote(s, safe='')` leaves alone: letters, digits, `-._~`.
 pub(super) const USERINFO: &AsciiSet = &NON_ALPHANUMERIC

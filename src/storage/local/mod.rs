@@ -36,9 +36,29 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{EventDocument, ListQuery, SaveOutcome, Storage, StorageError};
+use crate::storage::error::StorageError;
+use crate::storage::store::{EventDocument, ListQuery, SaveOutcome, Storage};
 
 pub mod settings;
+
+use crate::storage::backend::{self, Backend};
+
+/// This backend in the registry (`storage/mod.rs`): the embedded default, never picked by `auto`
+/// (it is what `auto` falls back to).
+pub const DESCRIPTOR: Backend = Backend {
+    name: "local",
+    defaults: include_str!("default.toml"),
+    env: settings::ENV,
+    platform_variables: &[],
+    uses_database: false,
+    auto: false,
+    parse: backend::parse::<settings::Settings>,
+    open: |section, _common| {
+        let opened = LocalStorage::open(&backend::section::<settings::Settings>(section).path)
+            .map(|s| Arc::new(s) as Arc<dyn Storage>);
+        Box::pin(std::future::ready(opened))
+    },
+};
 
 const BACKEND: &str = "local";
 /// Most documents committed in one transaction.

@@ -2,6 +2,7 @@
 
 use super::line::format_line;
 use super::{global, Destination, Record, BATCH_MAX_BYTES, BATCH_MAX_LINES, RETRIES};
+use crate::retry::Policy;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,13 +88,11 @@ pub(super) async fn post(
     body: String,
 ) -> Result<(), String> {
     let url = d.endpoint();
-    let mut delay = Duration::from_millis(250);
-    let mut last = String::new();
-    for attempt in 0..=RETRIES {
-        if attempt > 0 {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
+    // 250 ms, 500 ms, 1 s (doubling, capped at 5 s), no jitter.
+    let mut waits = Policy::exponential(Duration::from_millis(250), Duration::from_secs(5))
+        .with_max_retries(RETRIES as usize)
+        .backoff();
+    let last = loop {
         let sent = client
             .post(&url)
             .header("content-type", "text/plain")
@@ -101,27 +100,32 @@ pub(super) async fn post(
             .timeout(d.options.timeout)
             .send()
             .await;
-        match sent {
+        let last = match sent {
             Ok(resp) if resp.status().is_success() => return Ok(()),
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                last = format!("HTTP {status}");
+                let last = format!("HTTP {status}");
                 if matches!(status, 400 | 401 | 403 | 413) {
                     return Err(format!("{last} (not retried)"));
                 }
+                last
             }
             Err(e) => {
                 // Without the URL: reqwest's Display names it, and the URL carries the key.
                 let e = e.without_url();
-                last = if e.is_timeout() {
+                if e.is_timeout() {
                     "timed out".to_string()
                 } else if e.is_connect() {
                     "cannot connect".to_string()
                 } else {
                     e.to_string()
-                };
+                }
             }
+        };
+        match waits.next() {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => break last,
         }
-    }
+    };
     Err(format!("{last} after {} attempts", RETRIES + 1))
 }

@@ -3,7 +3,7 @@
 //! fake platform sits behind them. The proxy variables are injected through
 //! `Tuning::proxy_env` — the test process environment is never touched.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

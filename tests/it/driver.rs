@@ -3,8 +3,7 @@
 //! Run with `scripts/test.sh` (provisions the server), or with `MONGODB_URI` set. Without it these
 //! tests fail with instructions, unless `SKIP_MONGO_TESTS=1`. Every test uses its own database.
 
-#[path = "support/mongo.rs"]
-mod support;
+use crate::support::mongo as support;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,7 +45,7 @@ connect_extension_mongodb::storage_conformance!(conformance_fixture);
 
 fn purchase_event(object_id: &str, updated: &str) -> Event {
     let mut object: Value =
-        serde_json::from_str(include_str!("fixtures/purchase_request.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/purchase_request.json")).unwrap();
     object["id"] = json!(object_id);
     object["updated"] = json!(updated);
     Event::new(
@@ -310,8 +309,14 @@ async fn a_duplicate_with_a_write_concern_error_is_retriable() {
     let name = db.name.clone();
     let unsatisfiable = Db::open_with(&uri, "unused", |s| {
         s.storage.database = name;
-        s.storage.driver.write_concern = "2".into();
-        s.storage.driver.operation_timeout_ms = 10_000;
+        s.storage
+            .section_mut::<connect_extension_mongodb::storage::driver::settings::Settings>()
+            .unwrap()
+            .write_concern = "2".into();
+        s.storage
+            .section_mut::<connect_extension_mongodb::storage::driver::settings::Settings>()
+            .unwrap()
+            .operation_timeout_ms = 10_000;
     })
     .await;
     let new = sample_doc(&unique("PR"), "pending", "u");
@@ -366,7 +371,10 @@ async fn one_client_per_process_rebuilt_only_when_its_settings_change() {
     let b = Db::open(&uri, "client_b").await; // another database, same connection settings
     assert!(a.store.shares_client_with(&b.store));
     let c = Db::open_with(&uri, "client_c", |s| {
-        s.storage.driver.server_selection_timeout_ms = 4321;
+        s.storage
+            .section_mut::<connect_extension_mongodb::storage::driver::settings::Settings>()
+            .unwrap()
+            .server_selection_timeout_ms = 4321;
     })
     .await;
     assert!(!a.store.shares_client_with(&c.store));
@@ -415,8 +423,14 @@ async fn fan_out_configuration_writes_both_and_reads_from_the_primary() {
 
 /// Quick failure detection for outage tests.
 fn outage_settings(s: &mut connect_extension_mongodb::config::Settings) {
-    s.storage.driver.server_selection_timeout_ms = 1000;
-    s.storage.driver.operation_timeout_ms = 10_000;
+    s.storage
+        .section_mut::<connect_extension_mongodb::storage::driver::settings::Settings>()
+        .unwrap()
+        .server_selection_timeout_ms = 1000;
+    s.storage
+        .section_mut::<connect_extension_mongodb::storage::driver::settings::Settings>()
+        .unwrap()
+        .operation_timeout_ms = 10_000;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,7 +642,7 @@ async fn the_daemon_stores_each_accepted_purchase_request_once_and_reads_it_back
     let http = reqwest::Client::new();
 
     let object: Value =
-        serde_json::from_str(include_str!("fixtures/purchase_request.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/purchase_request.json")).unwrap();
     let first = http
         .post(format!("{base}/events"))
         .json(&object)

@@ -1,6 +1,6 @@
 //! The Connect channel under faults: the **real daemon binary** (a child process configured by
 //! environment variables only, the embedded SQLite store unless said otherwise) against the fake
-//! platform of tests/support/fake_platform.rs misbehaving on purpose — TCP connections dropped
+//! platform of tests/it/support/fake_platform.rs misbehaving on purpose — TCP connections dropped
 //! without a close frame and tasks redelivered, garbage frames, REST faults, duplicate
 //! deliveries, SIGTERM and `kill -9` mid-stream, "Apply Changes" mid-stream, and saturation.
 //!
@@ -13,10 +13,9 @@
 //! result of the first delivery is kept and sent after the reconnect), so a task may receive
 //! at most as many results as it had deliveries, all of them saying the same.
 
-mod support;
+use crate::support;
 
-#[path = "support/mongo.rs"]
-mod mongo;
+use crate::support::mongo;
 
 use std::collections::HashSet;
 use std::sync::Arc;

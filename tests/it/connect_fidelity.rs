@@ -1,10 +1,10 @@
 //! Fidelity of the websocket channel to the Python runner (issue 9 items 1–4 and 7), against the
-//! in-process fake platform (tests/support/fake_platform.rs): `shutdown` of any version, lenient
+//! in-process fake platform (tests/it/support/fake_platform.rs): `shutdown` of any version, lenient
 //! task `output` and explicit answers to tasks that cannot be read, reading (and answering pings)
 //! while saturated, the upgrade's `User-Agent`, closing 1009/1007 and reconnecting, and garbage
 //! between real tasks.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! test; and the REST endpoints a background task uses (`…?{filter}&limit=0&offset=0` with
 //! `Content-Range`, and `GET requests/{id}`) on plain `http://`.
 //!
-//! It can misbehave, as a real platform or network may (tests/connect_faults.rs drives each mode):
+//! It can misbehave, as a real platform or network may (tests/it/connect_faults.rs drives each mode):
 //!
 //! | fault | how |
 //! |---|---|
@@ -13,7 +13,6 @@
 //! | garbage frames: binary, text that is not UTF-8, anything raw | [`Conn::send_binary`], [`Conn::send_raw_text`] |
 //! | server pings (pongs counted per connection) | [`Conn::ping`], [`Conn::pongs`] |
 //! | REST faults per object and step: 5xx/4xx, 429 + `Retry-After`, slow, truncated body, invalid JSON | [`FakePlatform::rest_faults`] |
-#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -37,9 +36,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-pub const PURCHASE_REQUEST: &str = include_str!("../fixtures/purchase_request.json");
-pub const SETUP_RESPONSE: &str = include_str!("../fixtures/setup_response.json");
-pub const TASK: &str = include_str!("../fixtures/task_background_purchase.json");
+pub const PURCHASE_REQUEST: &str = include_str!("../../fixtures/purchase_request.json");
+pub const SETUP_RESPONSE: &str = include_str!("../../fixtures/setup_response.json");
+pub const TASK: &str = include_str!("../../fixtures/task_background_purchase.json");
 
 /// A purchase request (the fixture) with another id.
 pub fn purchase_object(id: &str, status: &str) -> Value {
@@ -152,7 +151,8 @@ pub struct FakePlatform {
     pub http_addr: SocketAddr,
     pub state: Arc<PlatformState>,
     conns: tokio::sync::Mutex<mpsc::UnboundedReceiver<Conn>>,
-    release_rx: watch::Receiver<bool>,
+    /// Keeps the release channel open for as long as the platform lives.
+    _release_rx: watch::Receiver<bool>,
 }
 
 /// What the runner sent, or how the connection ended.
@@ -339,7 +339,7 @@ impl FakePlatform {
             http_addr,
             state,
             conns: tokio::sync::Mutex::new(conn_rx),
-            release_rx,
+            _release_rx: release_rx,
         })
     }
 
@@ -1032,6 +1032,16 @@ fn rest_fault_table() -> &'static Mutex<HashMap<usize, Arc<RestFaults>>> {
     TABLE.get_or_init(Default::default)
 }
 
+/// A platform's entry goes with it: a later platform allocated at the same address (tests share
+/// one process) starts with a clean table.
+impl Drop for PlatformState {
+    fn drop(&mut self) {
+        if let Ok(mut table) = rest_fault_table().lock() {
+            table.remove(&(self as *const PlatformState as usize));
+        }
+    }
+}
+
 fn rest_faults_of(st: &Arc<PlatformState>) -> Arc<RestFaults> {
     rest_fault_table()
         .lock()
@@ -1161,7 +1171,7 @@ async fn rest_fault(st: &Arc<PlatformState>, path: &str, query: &str) -> Option<
 
 // ---- chan knobs ----
 // Raw websocket messages from the platform (binary, pings, text frames that are not UTF-8) and
-// the answers to pings (`Frame::Pong`), for tests/connect_fidelity.rs.
+// the answers to pings (`Frame::Pong`), for tests/it/connect_fidelity.rs.
 
 impl Conn {
     /// Sends any websocket message as is.

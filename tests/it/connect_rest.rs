@@ -1,9 +1,9 @@
 //! Issue 9 item 6: the Connect REST calls of a background task under load and faults, against the
-//! fake platform's REST fault knobs (tests/support/fake_platform.rs, "rest knobs"): one REST slot
+//! fake platform's REST fault knobs (tests/it/support/fake_platform.rs, "rest knobs"): one REST slot
 //! per task across its count and object GET, retries that cover the body, `Retry-After` within the
 //! task's budget, and every task answered — never `success` without the object.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

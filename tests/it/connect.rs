@@ -1,8 +1,8 @@
-//! The Connect EaaS channel against an in-process fake platform (tests/support/fake_platform.rs)
+//! The Connect EaaS channel against an in-process fake platform (tests/it/support/fake_platform.rs)
 //! that speaks the protocol as connect-protocol.md records it. The daemon is the real `App`
 //! (or the real binary, for the signal and log tests) with the embedded SQLite backend.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,6 @@
 //! * [`PrivateServer`]: a SecantusDB instance of the test's own (own port and data dir, started with
 //!   `scripts/test-mongo.sh`), for tests that stop and restart the server. `SKIP_MONGO_TESTS=1`
 //!   skips these too.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Command;

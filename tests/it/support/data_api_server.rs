@@ -19,7 +19,6 @@
 //!   Every request is logged (path, headers, raw and parsed body).
 //! - Gateway variants: duplicates answered with another status (HTTP 500, as one widely used
 //!   gateway does) and/or as JSON; FerretDB-style `{"n": k}` insert answers.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -859,6 +858,7 @@ pub fn json_mode(b: Bson) -> Value {
 
 /// One request as a [`Recorder`] received it.
 #[derive(Debug, Clone)]
+#[allow(dead_code, reason = "read through `Debug`, in assertion messages")]
 pub struct Received {
     pub method: String,
     /// Path and query.

@@ -8,12 +8,10 @@
 //! Data API server. Neither stderr nor stdout may contain any of them, and the run must show that
 //! trace logging really was on.
 
-mod support;
+use crate::support;
 
-#[path = "support/data_api_server.rs"]
-mod data_api_server;
-#[path = "support/mongo.rs"]
-mod mongo;
+use crate::support::data_api_server;
+use crate::support::mongo;
 
 use std::net::TcpListener as StdListener;
 use std::time::Duration;

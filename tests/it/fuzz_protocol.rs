@@ -29,14 +29,14 @@
 //! unless `success`), and its result frame parses again as the same task carrying that output.
 //! That the channel sends exactly one result per task is checked end to end by
 //! `fuzzed_frames_through_the_real_channel_answer_every_task_once` (fuzzed frames through the
-//! real daemon against `tests/support/fake_platform.rs`).
+//! real daemon against `tests/it/support/fake_platform.rs`).
 //!
 //! ```bash
-//! cargo test --test fuzz_protocol                       # 10,000 inputs (the CI budget, ~10 s)
-//! FUZZ_ITERATIONS=1000000 cargo test --test fuzz_protocol -- --nocapture            # ~20 min CPU
-//! FUZZ_ITERATIONS=1000000 cargo test --release --test fuzz_protocol -- --nocapture  # faster run,
+//! cargo test --test it fuzz_protocol::                  # 10,000 inputs (the CI budget, ~10 s)
+//! FUZZ_ITERATIONS=1000000 cargo test --test it fuzz_protocol::fuzz_frames -- --nocapture  # ~20 min CPU
+//! FUZZ_ITERATIONS=1000000 cargo test --release --test it fuzz_protocol::fuzz_frames -- --nocapture  # faster run,
 //!                                                       # slow build (fat LTO)
-//! FUZZ_SEED=7 FUZZ_VERBOSE=1 FUZZ_ITERATIONS=200000 cargo test --test fuzz_protocol -- --nocapture
+//! FUZZ_SEED=7 FUZZ_VERBOSE=1 FUZZ_ITERATIONS=200000 cargo test --test it fuzz_protocol::fuzz_frames -- --nocapture
 //! ```
 //! Findings are written to `FUZZ_ARTIFACTS` (default `<target>/tmp/fuzz-artifacts/`).
 
@@ -49,7 +49,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-mod support;
+use crate::support;
 
 use arbitrary::Unstructured;
 use async_trait::async_trait;
@@ -200,11 +200,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 // ---------------------------------------------------------------------------------------------
 // Seeds.
 
-const TASK: &str = include_str!("fixtures/task_background_purchase.json");
-const RESULT: &str = include_str!("fixtures/task_result_success.json");
-const SETUP: &str = include_str!("fixtures/setup_response.json");
-const PURCHASE: &str = include_str!("fixtures/purchase_request.json");
-const SETUP_REQUEST: &str = include_str!("fixtures/setup_request_example.json");
+const TASK: &str = include_str!("../fixtures/task_background_purchase.json");
+const RESULT: &str = include_str!("../fixtures/task_result_success.json");
+const SETUP: &str = include_str!("../fixtures/setup_response.json");
+const PURCHASE: &str = include_str!("../fixtures/purchase_request.json");
+const SETUP_REQUEST: &str = include_str!("../fixtures/setup_request_example.json");
 
 fn seed_texts() -> Vec<Vec<u8>> {
     let mut seeds: Vec<Vec<u8>> = [TASK, RESULT, SETUP, PURCHASE, SETUP_REQUEST]

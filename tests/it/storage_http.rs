@@ -1,82 +1,16 @@
 //! Storage faults and idempotency seen through the HTTP channel: the real app on port 0, the real
 //! embedded SQLite store in a temp dir, real HTTP requests.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
-use connect_extension_mongodb::config::Settings;
 use connect_extension_mongodb::storage::local::LocalStorage;
-use connect_extension_mongodb::storage::{SharedStorage, Storage};
-use connect_extension_mongodb::App;
+use connect_extension_mongodb::storage::Storage;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-const PURCHASE: &str = include_str!("fixtures/purchase_request.json");
+use crate::support::TestApp;
 
-struct TestApp {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    handle: JoinHandle<()>,
-    storage: Arc<SharedStorage>,
-    client: reqwest::Client,
-}
-
-impl TestApp {
-    async fn spawn(data_dir: &Path) -> TestApp {
-        let env: HashMap<String, String> = HashMap::from([
-            ("HTTP_LISTEN".into(), "127.0.0.1:0".into()),
-            ("LOCAL_DATA_DIR".into(), data_dir.display().to_string()),
-            ("SHUTDOWN_GRACE".into(), "5".into()),
-        ]);
-        let settings = Settings::from_vars(env).expect("settings");
-        assert!(settings.http.token.is_empty(), "tests post without a token");
-        let app = App::build(settings).await.expect("app builds");
-        let port = app.http_addr().port();
-        let storage = app.storage();
-        let shutdown = CancellationToken::new();
-        let t = shutdown.clone();
-        let handle = tokio::spawn(async move { app.run(t).await.expect("app runs") });
-        TestApp {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            shutdown,
-            handle,
-            storage,
-            client: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    async fn post(&self, v: &Value) -> (StatusCode, Value) {
-        let resp = self
-            .client
-            .post(self.url("/events"))
-            .header("content-type", "application/json")
-            .body(v.to_string())
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let resp = self.client.get(self.url(path)).send().await.unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.await.unwrap();
-    }
-}
+const PURCHASE: &str = include_str!("../fixtures/purchase_request.json");
 
 fn purchase() -> Value {
     serde_json::from_str(PURCHASE).unwrap()
@@ -87,12 +21,12 @@ fn purchase() -> Value {
 #[tokio::test]
 async fn an_object_without_updated_posted_twice_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(dir.path()).await;
+    let app = TestApp::spawn(dir.path(), &[]).await;
     let mut pr = purchase();
     pr.as_object_mut().unwrap().remove("updated");
     pr["id"] = json!("PR-NO-UPDATED-1");
 
-    let (s1, b1) = app.post(&pr).await;
+    let (s1, b1) = app.post_json(&pr).await;
     assert_eq!(s1, StatusCode::CREATED, "{b1}");
     // The same object again, its keys in another order: the same document.
     let reordered: serde_json::Map<String, Value> = pr
@@ -102,7 +36,7 @@ async fn an_object_without_updated_posted_twice_is_stored_once() {
         .rev()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let (s2, b2) = app.post(&Value::Object(reordered)).await;
+    let (s2, b2) = app.post_json(&Value::Object(reordered)).await;
     assert_eq!(s2, StatusCode::OK, "a retried POST is a duplicate: {b2}");
     assert_eq!(b2["duplicate"], true, "{b2}");
     assert_eq!(b1["document_id"], b2["document_id"]);
@@ -111,7 +45,7 @@ async fn an_object_without_updated_posted_twice_is_stored_once() {
 
     // A different object (another status) is another document.
     pr["status"] = json!("approved");
-    let (s3, b3) = app.post(&pr).await;
+    let (s3, b3) = app.post_json(&pr).await;
     assert_eq!(s3, StatusCode::CREATED, "{b3}");
     assert_ne!(b3["document_id"], b1["document_id"]);
     app.stop().await;
@@ -127,10 +61,10 @@ async fn an_object_without_updated_posted_twice_is_stored_once() {
 #[tokio::test]
 async fn a_read_only_local_store_answers_503_and_ready_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(dir.path()).await;
+    let app = TestApp::spawn(dir.path(), &[]).await;
     let (status, body) = app.get("/ready").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = app.post(&purchase()).await;
+    let (status, body) = app.post_json(&purchase()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 
     let read_only: Arc<dyn Storage> =
@@ -140,7 +74,7 @@ async fn a_read_only_local_store_answers_503_and_ready_says_why() {
 
     let mut pr = purchase();
     pr["id"] = json!("PR-READ-ONLY-1");
-    let (status, body) = app.post(&pr).await;
+    let (status, body) = app.post_json(&pr).await;
     assert_eq!(
         status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -163,7 +97,7 @@ async fn a_read_only_local_store_answers_503_and_ready_says_why() {
     app.storage.replace(writable).close().await;
     let (status, body) = app.get("/ready").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = app.post(&pr).await;
+    let (status, body) = app.post_json(&pr).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     app.stop().await;
 }

@@ -1,10 +1,10 @@
-//! The Data API backend against a Data API-compatible server (tests/support/data_api_server.rs)
+//! The Data API backend against a Data API-compatible server (tests/it/support/data_api_server.rs)
 //! running on top of the real MongoDB-compatible server at `MONGODB_URI`. Each test uses its own
 //! database and drops it at the end. Without `MONGODB_URI` the tests fail, unless
 //! `SKIP_MONGO_TESTS=1`.
 
-#[path = "support/data_api_server.rs"]
-mod data_api_server;
+use crate::support::data_api_server;
+use crate::support::mongo::mongo_uri;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,21 +19,6 @@ use data_api_server::{DataApiServer, Fault, ServerConfig};
 use serde_json::{json, Value};
 
 const COLLECTION: &str = "purchase_requests";
-
-fn mongo_uri() -> Option<String> {
-    match std::env::var("MONGODB_URI") {
-        Ok(uri) if !uri.is_empty() => Some(uri),
-        _ if std::env::var("SKIP_MONGO_TESTS").as_deref() == Ok("1") => {
-            eprintln!("SKIP_MONGO_TESTS=1: skipping a test that needs MONGODB_URI");
-            None
-        }
-        _ => panic!(
-            "MONGODB_URI is not set: these tests need a MongoDB-compatible server \
-             (scripts/test.sh provisions one; e.g. MONGODB_URI=mongodb://127.0.0.1:27017/?retryWrites=false). \
-             Set SKIP_MONGO_TESTS=1 to skip them."
-        ),
-    }
-}
 
 /// One test's world: the server, its own database, and a client configured against them.
 struct Env {
@@ -991,7 +976,7 @@ async fn the_daemon_stores_each_accepted_event_once_through_the_data_api() {
     let http = reqwest::Client::new();
 
     let mut object: Value =
-        serde_json::from_str(include_str!("fixtures/purchase_request.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/purchase_request.json")).unwrap();
     let object_id = format!("PR-E2E-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     object["id"] = json!(object_id);
     let post = |body: Value| {
@@ -1066,40 +1051,18 @@ fn urlencode(s: &str) -> String {
 
 use data_api_server::Recorder;
 
-/// The log lines of this test binary, captured by one process-wide subscriber (a thread-local
+/// The log lines of the test process, captured by its one process-wide subscriber (a thread-local
 /// `set_default` misses records under parallel load: tracing caches callsite interest globally).
 /// Tests pick their own lines by a marker (their gateway's address).
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+struct Captured;
 
 impl Captured {
     fn global() -> &'static Captured {
-        static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-        LOGS.get_or_init(|| {
-            let logs = Captured::default();
-            let writer = logs.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::TRACE)
-                .with_ansi(false)
-                .with_writer(move || writer.clone())
-                .finish();
-            tracing::subscriber::set_global_default(subscriber)
-                .expect("the only subscriber of this test binary");
-            logs
-        })
+        crate::support::capture_logs();
+        &Captured
     }
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        crate::support::trace_log_text()
     }
 }
 
@@ -1582,7 +1545,7 @@ async fn the_daemon_answers_503_for_gateway_faults_and_422_only_for_the_document
         }
     };
     let mut object: Value =
-        serde_json::from_str(include_str!("fixtures/purchase_request.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/purchase_request.json")).unwrap();
     object["id"] = json!(format!(
         "PR-FLT-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]

@@ -2,9 +2,8 @@
 //! moves the collection (the tutorial's DRIVER_COLLECTION extension variable) makes later events
 //! land in the new collection, while earlier ones stay where they were committed.
 
-#[path = "support/mongo.rs"]
-mod mongo;
-mod support;
+use crate::support;
+use crate::support::mongo;
 
 use std::sync::Arc;
 use std::time::Duration;

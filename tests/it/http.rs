@@ -1,126 +1,16 @@
 //! The HTTP task channel end to end: the real app on port 0, the real embedded SQLite store in a
 //! temp dir, real HTTP requests.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::Path;
-
-use connect_extension_mongodb::config::Settings;
 use connect_extension_mongodb::storage::EventDocument;
-use connect_extension_mongodb::App;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-const PURCHASE: &str = include_str!("fixtures/purchase_request.json");
+use crate::support::{http_settings as settings, TestApp};
+
+const PURCHASE: &str = include_str!("../fixtures/purchase_request.json");
 
 fn fixture() -> Value {
     serde_json::from_str(PURCHASE).unwrap()
-}
-
-struct TestApp {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    handle: JoinHandle<()>,
-    app_storage: std::sync::Arc<connect_extension_mongodb::storage::SharedStorage>,
-    client: reqwest::Client,
-    token: Option<String>,
-}
-
-fn settings(data_dir: &Path, extra: &[(&str, &str)]) -> Result<Settings, String> {
-    let mut env: HashMap<String, String> = HashMap::from([
-        ("HTTP_LISTEN".into(), "127.0.0.1:0".into()),
-        ("LOCAL_DATA_DIR".into(), data_dir.display().to_string()),
-        ("SHUTDOWN_GRACE".into(), "5".into()),
-    ]);
-    for (k, v) in extra {
-        env.insert(k.to_string(), v.to_string());
-    }
-    Settings::from_vars(env).map_err(|e| e.to_string())
-}
-
-impl TestApp {
-    async fn spawn(data_dir: &Path, extra: &[(&str, &str)]) -> TestApp {
-        let settings = settings(data_dir, extra).expect("settings");
-        let token = Some(settings.http.token.expose().to_string()).filter(|t| !t.is_empty());
-        let app = App::build(settings).await.expect("app builds");
-        let port = app.http_addr().port();
-        let app_storage = app.storage();
-        let shutdown = CancellationToken::new();
-        let t = shutdown.clone();
-        let handle = tokio::spawn(async move { app.run(t).await.expect("app runs") });
-        TestApp {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            shutdown,
-            handle,
-            app_storage,
-            client: reqwest::Client::new(),
-            token,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
-    }
-
-    async fn post(&self, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
-        let resp = self
-            .auth(self.client.post(self.url("/events")))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post_json(&self, v: &Value) -> (StatusCode, Value) {
-        self.post(v.to_string()).await
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let resp = self
-            .auth(self.client.get(self.url(path)))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    /// GET `path` with the token (if any) and `Host: host`.
-    async fn get_as(&self, host: &str, path: &str) -> reqwest::Response {
-        self.auth(self.client.get(self.url(path)))
-            .header("host", host)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn metrics(&self) -> String {
-        self.client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.await.unwrap();
-    }
 }
 
 #[tokio::test]
@@ -415,7 +305,7 @@ async fn storage_outage_asks_for_redelivery_and_stores_nothing_wrongly() {
     let (status, _) = app.get("/ready").await;
     assert_eq!(status, StatusCode::OK);
     // Simulate the store going away (the writer is shut): the event must not be answered success.
-    app.app_storage.current().close().await;
+    app.storage.current().close().await;
     let resp = app
         .client
         .post(app.url("/events"))
@@ -465,44 +355,12 @@ async fn configured_persistence_rules_are_honoured() {
 // Hostile clients: slow requests, foreign pages, injection into metrics and logs
 // ---------------------------------------------------------------------------------------------
 
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Every log line of this test process, written by the daemon's own log layer in text format.
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| Mutex::new(Vec::new()))
-}
-
-struct Capture;
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        logs().lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let _ = tracing_subscriber::registry()
-            .with(connect_extension_mongodb::telemetry::log_layer(
-                connect_extension_mongodb::telemetry::LogFormat::Text,
-                || Capture,
-                false,
-                tracing_subscriber::EnvFilter::new("connect_extension_mongodb=debug,info"),
-            ))
-            .try_init();
-    });
-}
+use crate::support::{capture_logs, log_text};
 
 /// Reads until the peer closes; `None` when it is still open after `limit`.
 async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
@@ -882,7 +740,7 @@ async fn control_characters_in_bad_input_are_escaped_in_errors_and_logs() {
     );
     app.stop().await;
 
-    let logs = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
+    let logs = log_text();
     assert!(
         logs.contains("PR-CTRL-7\\n"),
         "the hostile id was logged (escaped): status {status}, {body}\n{logs}"

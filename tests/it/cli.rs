@@ -158,7 +158,7 @@ fn out_of_range_numbers_are_refused_naming_the_variable_and_range() {
         ("SHUTDOWN_GRACE", max.as_str()),
         ("DRIVER_BATCH_MAX", "0"),
     ] {
-        // (Start-up with these values: tests/connect.rs::an_out_of_range_ping_interval_fails_the_daemon.)
+        // (Start-up with these values: tests/it/connect.rs::an_out_of_range_ping_interval_fails_the_daemon.)
         {
             let out = cmd(dir.path())
                 .arg("check-config")

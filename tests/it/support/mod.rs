@@ -1,11 +1,14 @@
-//! Test support: the fake Connect platform and a harness running the real daemon against it.
-#![allow(dead_code)]
+//! Test support: the fake Connect platform, the Data API server, MongoDB provisioning, the one
+//! log capture of the process, and a harness running the real daemon against the fake platform.
 
+pub mod data_api_server;
 pub mod fake_platform;
+pub mod mongo;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -13,6 +16,9 @@ use connect_extension_mongodb::config::Settings;
 use connect_extension_mongodb::connect::Tuning;
 use connect_extension_mongodb::storage::{ListQuery, SharedStorage};
 use connect_extension_mongodb::{App, AppError, AppOptions, RegistryHook};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use fake_platform::*;
@@ -21,16 +27,44 @@ pub const API_KEY: &str = "ApiKey SU-000-000-001:platform-key-SECRET-1";
 pub const ENVIRONMENT_ID: &str = "ENV-TEST-01";
 pub const INSTANCE_ID: &str = "INST-TEST-1";
 
-/// Every log line of the test process (tracing → this buffer).
-pub fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| Mutex::new(Vec::new()))
+/// A process-wide log buffer, kept in chunks: appending never moves what was captured, so no test
+/// thread ever reallocates the whole buffer (fuzz_protocol counts every allocation of its thread
+/// against its heap bound, and this buffer holds every module's lines).
+pub struct LogBuffer(Mutex<Vec<Vec<u8>>>);
+
+const LOG_CHUNK: usize = 256 * 1024;
+
+impl LogBuffer {
+    const fn new() -> LogBuffer {
+        LogBuffer(Mutex::new(Vec::new()))
+    }
+
+    fn append(&self, buf: &[u8]) {
+        let mut chunks = self.0.lock().unwrap();
+        match chunks.last_mut() {
+            Some(last) if last.capacity() - last.len() >= buf.len() => last.extend_from_slice(buf),
+            _ => {
+                let mut chunk = Vec::with_capacity(LOG_CHUNK.max(buf.len()));
+                chunk.extend_from_slice(buf);
+                chunks.push(chunk);
+            }
+        }
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        let chunks = self.0.lock().unwrap();
+        chunks.iter().map(|c| String::from_utf8_lossy(c)).collect()
+    }
 }
 
-struct Capture;
+/// A writer appending to one [`LogBuffer`].
+#[derive(Clone, Copy)]
+struct Capture(&'static LogBuffer);
+
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        logs().lock().unwrap().extend_from_slice(buf);
+        self.0.append(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -38,19 +72,52 @@ impl Write for Capture {
     }
 }
 
+/// Every log line of the process the daemon's own log layer writes (text format,
+/// `connect_extension_mongodb=debug,info`), since [`capture_logs`].
+static LOGS: LogBuffer = LogBuffer::new();
+
+/// Every `tracing` event of the process at any level, in the plain `fmt` format (records of the
+/// `log` crate excluded), since [`capture_logs`].
+static TRACE_LOGS: LogBuffer = LogBuffer::new();
+
+/// Installs the one global subscriber of the test process (once; later calls are no-ops): the
+/// daemon's text log layer into [`log_text`] and a plain `fmt` layer at TRACE into
+/// [`trace_log_text`]. The lines of every test of every module land in the same buffers: a test
+/// picks its own by something only it logs (an id, a marker, its server's address).
 pub fn capture_logs() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("connect_extension_mongodb=debug,info")
+        let daemon = connect_extension_mongodb::telemetry::log_layer(
+            connect_extension_mongodb::telemetry::LogFormat::Text,
+            || Capture(&LOGS),
+            false,
+            tracing_subscriber::EnvFilter::new("connect_extension_mongodb=debug,info"),
+        );
+        let trace = tracing_subscriber::fmt::layer()
             .with_ansi(false)
-            .with_writer(|| Capture)
-            .try_init();
+            .with_writer(|| Capture(&TRACE_LOGS))
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.fields().field("log.target").is_none()
+            }));
+        tracing_subscriber::registry()
+            .with(daemon)
+            .with(trace)
+            .try_init()
+            .expect("the only subscriber of the test process");
     });
 }
 
+/// The daemon's log lines of the whole test process (see [`capture_logs`]).
 pub fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).to_string()
+    LOGS.text()
+}
+
+/// Every `tracing` event of the whole test process at TRACE (see [`capture_logs`]).
+pub fn trace_log_text() -> String {
+    TRACE_LOGS.text()
 }
 
 /// Fast internal timings for tests.
@@ -174,6 +241,115 @@ impl Harness {
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(20), self.run).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon with the HTTP channel only
+
+/// The daemon with the HTTP channel only, on port 0, its embedded SQLite store in `data_dir`.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<()>,
+    pub storage: Arc<SharedStorage>,
+    pub client: reqwest::Client,
+    pub token: Option<String>,
+}
+
+/// The settings of a [`TestApp`]: HTTP on port 0, SQLite in `data_dir`, a 5 s grace, plus `extra`.
+pub fn http_settings(data_dir: &Path, extra: &[(&str, &str)]) -> Result<Settings, String> {
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("HTTP_LISTEN".into(), "127.0.0.1:0".into()),
+        ("LOCAL_DATA_DIR".into(), data_dir.display().to_string()),
+        ("SHUTDOWN_GRACE".into(), "5".into()),
+    ]);
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Settings::from_vars(env).map_err(|e| e.to_string())
+}
+
+impl TestApp {
+    pub async fn spawn(data_dir: &Path, extra: &[(&str, &str)]) -> TestApp {
+        let settings = http_settings(data_dir, extra).expect("settings");
+        let token = Some(settings.http.token.expose().to_string()).filter(|t| !t.is_empty());
+        let app = App::build(settings).await.expect("app builds");
+        let port = app.http_addr().port();
+        let storage = app.storage();
+        let shutdown = CancellationToken::new();
+        let t = shutdown.clone();
+        let handle = tokio::spawn(async move { app.run(t).await.expect("app runs") });
+        TestApp {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            shutdown,
+            handle,
+            storage,
+            client: reqwest::Client::new(),
+            token,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    pub async fn post(&self, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let resp = self
+            .auth(self.client.post(self.url("/events")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, v: &Value) -> (StatusCode, Value) {
+        self.post(v.to_string()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .auth(self.client.get(self.url(path)))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GET `path` with the token (if any) and `Host: host`.
+    pub async fn get_as(&self, host: &str, path: &str) -> reqwest::Response {
+        self.auth(self.client.get(self.url(path)))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap();
     }
 }
 

@@ -2,10 +2,10 @@
 //! it must stop cleanly (exit 0) and never panic on the way out (the mongodb driver's
 //! `connection_requester` unwrap when the runtime is torn down under its pool worker).
 //!
-//! Needs `MONGODB_URI` (see tests/support/mongo.rs).
+//! Needs `MONGODB_URI` (see tests/it/support/mongo.rs).
 
-#[path = "support/mongo.rs"]
-mod support;
+use crate::support::free_port;
+use crate::support::mongo as support;
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::{mongo_uri, unique_db};
 
-const PURCHASE: &str = include_str!("fixtures/purchase_request.json");
+const PURCHASE: &str = include_str!("../fixtures/purchase_request.json");
 /// Daemons started and stopped per test run (the race is timing-dependent); more with
 /// `STORAGE_SIGTERM_ROUNDS`.
 fn rounds() -> usize {
@@ -23,14 +23,6 @@ fn rounds() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One daemon: start it, stream POSTs at it, SIGTERM it mid-stream; returns (exit code, stderr).
@@ -158,6 +150,9 @@ async fn sigterm_while_saves_are_in_flight_stops_cleanly_without_a_panic() {
 /// runtime torn down at once — as `main` does after `App::run` returns. Without a client shutdown
 /// in `close`, dropping the last client spawns `endSessions`, which can run while the runtime
 /// drops the pool worker: the driver then panics in a runtime thread.
+/// The name of the threads of the runtimes below (the panic hook counts theirs only).
+const TEARDOWN_THREADS: &str = "driver-teardown-rt";
+
 #[test]
 fn closing_the_driver_backend_then_ending_the_runtime_never_panics() {
     let Some(uri) = mongo_uri() else { return };
@@ -165,11 +160,8 @@ fn closing_the_driver_backend_then_ending_the_runtime_never_panics() {
     let seen = panics.clone();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        // Only the runtimes' threads (not another test's assertion).
-        if std::thread::current()
-            .name()
-            .is_some_and(|n| n.starts_with("tokio-r"))
-        {
+        // Only the threads of this test's runtimes (not another test's assertion or runtime).
+        if std::thread::current().name() == Some(TEARDOWN_THREADS) {
             seen.fetch_add(1, Ordering::SeqCst);
         }
         previous(info);
@@ -180,6 +172,7 @@ fn closing_the_driver_backend_then_ending_the_runtime_never_panics() {
     for round in 0..rounds {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name(TEARDOWN_THREADS)
             .enable_all()
             .build()
             .unwrap();

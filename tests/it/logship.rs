@@ -1,9 +1,9 @@
 //! Platform logging (issue 9 item 5): the real binary against the fake platform
-//! (tests/support/fake_platform.rs) and an in-process listener that speaks the Logz.io bulk
+//! (tests/it/support/fake_platform.rs) and an in-process listener that speaks the Logz.io bulk
 //! endpoint (`POST /?token=…&type=…`, newline-delimited JSON), as the Python runner's
 //! `ExtensionLogHandler` posts to it.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

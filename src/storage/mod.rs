@@ -43,6 +43,8 @@ backends! {
     driver,
     /// `data_api`: MongoDB Atlas through the Data API (HTTPS).
     data_api,
+    /// `postgres`: PostgreSQL (tokio-postgres, group commit).
+    postgres,
     /// `none`: keeps nothing (benchmarks only).
     discard,
 }

@@ -69,9 +69,10 @@ fn decode(s: &str) -> String {
 pub fn parse(url: &str) -> Result<Target, String> {
     let shown = redact_url(url);
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(format!(
-            "`{shown}` is not a libpq URI (postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=…)"
-        ));
+        // Not shown: a key=value string may hold `password=…`.
+        return Err(
+            "not a libpq URI (postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=…)".to_string(),
+        );
     };
     if !matches!(scheme, "postgres" | "postgresql") {
         return Err(format!(

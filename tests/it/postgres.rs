@@ -162,7 +162,10 @@ async fn group_write_is_idempotent_with_duplicates_inside_and_across_groups() {
     }
     assert_eq!((inserted, duplicate), (300, 300));
     let (groups, grouped) = store.batch_stats();
-    assert!(groups < 600, "group commit: {groups} statements for {grouped} documents");
+    assert!(
+        groups < 600,
+        "group commit: {groups} statements for {grouped} documents"
+    );
 
     let fresh = sample_doc(&unique("PR-new"), "pending", "u");
     let again: Vec<_> = docs
@@ -226,7 +229,10 @@ struct PrivateServer {
 impl PrivateServer {
     async fn start() -> Option<PrivateServer> {
         shared()?;
-        let home = tempfile::Builder::new().prefix("cem-pg-").tempdir().unwrap();
+        let home = tempfile::Builder::new()
+            .prefix("cem-pg-")
+            .tempdir()
+            .unwrap();
         let mut server = PrivateServer {
             home,
             url: String::new(),
@@ -336,7 +342,10 @@ async fn server_stopped_mid_stream_events_are_rescheduled_and_none_lost() {
                     }
                     other => {
                         failed.fetch_add(1, Ordering::SeqCst);
-                        panic!("event {}: {other:?} (must be success or reschedule)", event.object_id)
+                        panic!(
+                            "event {}: {other:?} (must be success or reschedule)",
+                            event.object_id
+                        )
                     }
                 }
             }
@@ -433,11 +442,7 @@ async fn wrong_password_is_a_configuration_error_with_the_password_redacted() {
         return;
     };
     let password = password_of(&url);
-    let wrong = url.replacen(
-        &format!(":{password}@"),
-        ":Wr0ng-S3cret-Pa55@",
-        1,
-    );
+    let wrong = url.replacen(&format!(":{password}@"), ":Wr0ng-S3cret-Pa55@", 1);
     assert_ne!(wrong, url);
     let e = PostgresStorage::connect(&settings(&wrong, "t_never"))
         .await

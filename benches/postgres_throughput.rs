@@ -188,7 +188,8 @@ async fn backend_saves(
             .await
             .unwrap(),
     );
-    let queue = Arc::new(std::sync::Mutex::new(docs.to_vec().into_iter()));
+    let owned: Vec<EventDocument> = docs.to_vec();
+    let queue = Arc::new(std::sync::Mutex::new(owned.into_iter()));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {

@@ -464,8 +464,6 @@ fn auto_picks_postgres_when_postgres_url_is_set() {
         kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
         vec!["postgres"]
     );
-    let e = All::from_vars([("STORAGE_BACKENDS", "postgres")])
-        .err()
-        .expect("POSTGRES_URL required");
+    let e = All::from_vars([("STORAGE_BACKENDS", "postgres")]).expect_err("POSTGRES_URL required");
     assert!(e.to_string().contains("POSTGRES_URL"), "{e}");
 }

@@ -25,11 +25,12 @@ pub const ENV: &[EnvVar] = &[
     var("POSTGRES_BATCH_WAIT_MS", "storage.postgres.batch_wait_ms"),
 ];
 
-/// The variables the platform may set ("Apply Changes"): connection and tuning.
+/// The variables the platform may set ("Apply Changes"): connection and tuning (the pool size
+/// is the container's business: environment only). The URL itself is checked when the backend is
+/// built (a bad one is a `Config` error naming POSTGRES_URL, the URL redacted).
 pub const PLATFORM_VARIABLES: &[&str] = &[
     "POSTGRES_URL",
     "POSTGRES_TABLE",
-    "POSTGRES_POOL_SIZE",
     "POSTGRES_CONNECT_TIMEOUT_MS",
     "POSTGRES_OPERATION_TIMEOUT_MS",
     "POSTGRES_BATCH_MAX",
@@ -78,11 +79,6 @@ impl Section for Settings {
                 "storage.postgres.url",
                 "the postgres backend is selected but POSTGRES_URL is not set",
             ));
-        }
-        if selected {
-            if let Err(e) = super::url::parse(self.url.expose()) {
-                return Err(setting_error_in(ENV, "storage.postgres.url", e));
-            }
         }
         Ok(())
     }

@@ -247,3 +247,20 @@ async fn a_bad_document_fails_alone_and_its_neighbours_are_stored() {
     }
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_bad_url_is_a_config_error_naming_the_setting_without_the_password() {
+    for url in [
+        "postgres://app:pa55word@h:5432/db?sslmode=sometimes",
+        "postgres://app:pa55word@h:5432/db?unknown_key=1",
+        "mysql://app:pa55word@h/db",
+    ] {
+        let e = PostgresStorage::connect(&settings_for(url, "t"))
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+        assert!(e.to_string().contains("POSTGRES_URL"), "{e}");
+        assert!(!e.to_string().contains("pa55word"), "{e}");
+    }
+}

@@ -8,6 +8,49 @@
 //! ```
 //! `main.rs` is wiring only: [`App::build`] binds and connects, [`App::run`] serves until the
 //! shutdown token is cancelled, then drains.
+//!
+//! # Writing an extension
+//!
+//! The [`sdk`] module is the Rust counterpart of `connect-eaas-core`: declare handlers, variables
+//! and schedulables on an [`sdk::Extension`] and run it; the daemon (Connect channel, HTTP
+//! intake, storage) is the same. Here a handler runs after each pending purchase request is
+//! stored, reads back what was stored for the same asset and calls the Connect API
+//! (`examples/approve_purchase.rs` is the complete version; `docs/extensions.md` maps every
+//! Python concept):
+//!
+//! ```no_run
+//! use connect_extension_mongodb::sdk::{
+//!     Context, Event, EventType, Extension, ListQuery, Outcome, Status,
+//! };
+//! use serde_json::json;
+//!
+//! async fn on_pending(event: Event, ctx: Context) -> Outcome {
+//!     let asset = event.object["asset"]["id"].as_str().unwrap_or_default().to_string();
+//!     let seen = match ctx
+//!         .storage()
+//!         .list(&ListQuery { asset_id: Some(asset), ..Default::default() })
+//!         .await
+//!     {
+//!         Ok(docs) => docs.len(),
+//!         Err(e) => return Outcome::retry(format!("store unavailable: {e}")),
+//!     };
+//!     tracing::info!(seen, "requests stored for this asset");
+//!     let template = ctx.variable("TEMPLATE_ID").unwrap_or_default();
+//!     let path = format!("requests/{}/approve", event.object_id);
+//!     match ctx.client().post(&path, &json!({"template_id": template})).await {
+//!         Ok(_) => Outcome::done(),
+//!         Err(e) => e.outcome(), // 4xx → fail with the API's message, else retry
+//!     }
+//! }
+//!
+//! fn main() {
+//!     Extension::new()
+//!         .variable("TEMPLATE_ID", "", false)
+//!         .event(EventType::AssetPurchaseRequestProcessing, &[Status::Pending], on_pending)
+//!         .after_store()
+//!         .run();
+//! }
+//! ```
 
 pub mod config;
 pub mod connect;
@@ -16,6 +59,7 @@ pub mod http;
 pub mod redact;
 pub mod retry;
 pub mod sanitize;
+pub mod sdk;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
@@ -60,6 +104,9 @@ pub type RegistryHook = Box<dyn FnOnce(&mut Registry, &Arc<SharedStorage>, &Arc<
 pub struct AppOptions {
     pub registry_hook: Option<RegistryHook>,
     pub connect_tuning: connect::Tuning,
+    /// An SDK extension ([`sdk::Extension`]): its handlers, variables and schedulables. Installed
+    /// before `registry_hook` runs.
+    pub extension: Option<sdk::Extension>,
 }
 
 /// A built daemon: listeners bound, storage connected, not yet serving.
@@ -87,6 +134,10 @@ impl App {
             storage.clone(),
             metrics.clone(),
         )?;
+        let extension = match options.extension {
+            Some(ext) => ext.install(&mut registry, &settings, &storage, &metrics),
+            None => connect::ExtensionSetup::default(),
+        };
         if let Some(hook) = options.registry_hook {
             hook(&mut registry, &storage, &metrics);
         }
@@ -106,6 +157,7 @@ impl App {
                 storage.clone(),
                 metrics.clone(),
                 options.connect_tuning,
+                extension,
             )?;
             probes.push(service.probe());
             connect_service = Some(service);
@@ -180,26 +232,9 @@ impl App {
         // A Connect failure (a panicked channel or service task) ends the daemon with an error,
         // after the usual drain, so that it is restarted; never a clean stop.
         let mut failure: Option<AppError> = None;
-        let mut on_end = |ended: Result<
-            Result<bool, connect::ConnectError>,
-            tokio::task::JoinError,
-        >| {
-            match ended {
-                Ok(Ok(true)) => {
-                    tracing::info!("the platform shut down both Connect channels: stopping")
-                }
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => failure = Some(AppError::Connect(e)),
-                Err(e) => {
-                    failure = Some(AppError::Connect(connect::ConnectError::Failed(format!(
-                        "the Connect service task {}",
-                        if e.is_panic() {
-                            "panicked"
-                        } else {
-                            "was cancelled"
-                        }
-                    ))))
-                }
+        let mut on_end = |ended| {
+            if let Some(e) = connect_ended(ended) {
+                failure = Some(e);
             }
         };
         if let Some(handle) = connect.as_mut() {
@@ -223,32 +258,7 @@ impl App {
                 }
             }
         }
-        let drained = shutdown::within_grace(grace, async {
-            match server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "HTTP server error"),
-                Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
-            }
-        })
-        .await;
-        if !drained {
-            tracing::warn!(
-                grace_secs = grace.as_secs(),
-                "grace period over: abandoning unfinished HTTP requests (their events were not answered success, so callers retry)"
-            );
-        }
-        // Closing flushes buffered writes; a hung store must not hold the exit forever.
-        let storage = self.state.storage.current();
-        if tokio::time::timeout(grace.max(Duration::from_secs(1)), storage.close())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                backend = storage.name(),
-                grace_secs = grace.as_secs(),
-                "storage did not close within the grace period; exiting anyway (unanswered events are redelivered)"
-            );
-        }
+        close_down(server, &self.state.storage, grace).await;
         match failure {
             Some(e) => {
                 tracing::error!(error = %e, "stopped after a failure");
@@ -259,5 +269,63 @@ impl App {
                 Ok(())
             }
         }
+    }
+}
+
+/// What the end of the Connect service means: `None` for a stop (the platform's shutdown of both
+/// channels is logged), the error for a failure (a panicked or cancelled task).
+fn connect_ended(
+    ended: Result<Result<bool, connect::ConnectError>, tokio::task::JoinError>,
+) -> Option<AppError> {
+    match ended {
+        Ok(Ok(true)) => {
+            tracing::info!("the platform shut down both Connect channels: stopping");
+            None
+        }
+        Ok(Ok(false)) => None,
+        Ok(Err(e)) => Some(AppError::Connect(e)),
+        Err(e) => Some(AppError::Connect(connect::ConnectError::Failed(format!(
+            "the Connect service task {}",
+            if e.is_panic() {
+                "panicked"
+            } else {
+                "was cancelled"
+            }
+        )))),
+    }
+}
+
+/// After intake stopped: lets HTTP requests finish and flushes the storage, each bounded by
+/// `grace` (unanswered events were not answered success, so they are redelivered).
+async fn close_down(
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    storage: &SharedStorage,
+    grace: Duration,
+) {
+    let drained = shutdown::within_grace(grace, async {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server error"),
+            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        }
+    })
+    .await;
+    if !drained {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "grace period over: abandoning unfinished HTTP requests (their events were not answered success, so callers retry)"
+        );
+    }
+    // Closing flushes buffered writes; a hung store must not hold the exit forever.
+    let storage = storage.current();
+    if tokio::time::timeout(grace.max(Duration::from_secs(1)), storage.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            backend = storage.name(),
+            grace_secs = grace.as_secs(),
+            "storage did not close within the grace period; exiting anyway (unanswered events are redelivered)"
+        );
     }
 }

@@ -90,53 +90,59 @@ fn main() -> ExitCode {
                 code
             })
         }
-        Command::CheckConfig => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&settings.redacted_json()).expect("json")
-            );
-            match settings.storage.backend_list() {
-                Ok(b) => eprintln!(
-                    "configuration OK; storage backends: {}; Connect channel: {}",
-                    b.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", "),
-                    if settings.connect.enabled() {
-                        "on"
-                    } else {
-                        "off (API_KEY/ENVIRONMENT_ID not set)"
-                    }
-                ),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig => check_config(&settings),
         Command::Send { files, url } => {
             let base = url.unwrap_or_else(|| format!("http://{}", settings.http.listen));
             runtime.block_on(send(base, settings.http.token.expose().to_string(), files))
         }
         Command::Health { url } => {
             let base = url.unwrap_or_else(|| format!("http://{}", settings.http.listen));
-            runtime.block_on(async move {
-                let client = reqwest::Client::new();
-                match client
-                    .get(format!("{}/health", base.trim_end_matches('/')))
-                    .timeout(std::time::Duration::from_secs(3))
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
-                    Ok(r) => {
-                        eprintln!("unhealthy: HTTP {}", r.status());
-                        ExitCode::FAILURE
-                    }
-                    Err(e) => {
-                        eprintln!("unhealthy: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
+            runtime.block_on(health(base))
+        }
+    }
+}
+
+/// `check-config`: the effective configuration (secrets redacted) on stdout, the verdict on stderr.
+fn check_config(settings: &Settings) -> ExitCode {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&settings.redacted_json()).expect("json")
+    );
+    match settings.storage.backend_list() {
+        Ok(b) => eprintln!(
+            "configuration OK; storage backends: {}; Connect channel: {}",
+            b.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", "),
+            if settings.connect.enabled() {
+                "on"
+            } else {
+                "off (API_KEY/ENVIRONMENT_ID not set)"
+            }
+        ),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `health`: GET /health of a running daemon; success when it answers 2xx within 3 s.
+async fn health(base: String) -> ExitCode {
+    let client = reqwest::Client::new();
+    match client
+        .get(format!("{}/health", base.trim_end_matches('/')))
+        .timeout(std::time::Duration::from_secs(3))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("unhealthy: HTTP {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -3,6 +3,7 @@
 //! The token stops *intake* (HTTP listener, websocket reading). In-flight events are not
 //! cancelled: they finish, bounded by the grace period (`shutdown.grace`).
 
+use crate::config::error::Bound;
 use std::future::Future;
 use std::time::Duration;
 
@@ -13,6 +14,19 @@ pub use tokio_util::sync::CancellationToken;
 pub struct Settings {
     /// Seconds.
     pub grace: u64,
+}
+
+impl Settings {
+    /// The range of `shutdown.grace` (checked with all the others at load).
+    pub fn bounds(&self) -> Vec<Bound> {
+        vec![Bound::new(
+            "shutdown.grace",
+            self.grace,
+            0,
+            3_600,
+            "seconds",
+        )]
+    }
 }
 
 /// A token cancelled when the process receives SIGINT or SIGTERM.

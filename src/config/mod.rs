@@ -261,139 +261,15 @@ impl Settings {
     }
 
     /// The accepted range of every numeric setting: wide enough for any sane deployment, narrow
-    /// enough that no value overflows a timer, a semaphore or an allocation.
+    /// enough that no value overflows a timer, a semaphore or an allocation. Each section lists
+    /// its own (`bounds()` beside its settings); they are checked together here.
     pub fn bounds(&self) -> Vec<Bound> {
-        const MIB: u64 = 1024 * 1024;
-        let st = &self.storage;
-        let c = &self.connect;
-        let n = |v: usize| v as u64;
-        vec![
-            Bound::new(
-                "http.max_body_bytes",
-                n(self.http.max_body_bytes),
-                1,
-                256 * MIB,
-                "bytes",
-            ),
-            Bound::new(
-                "http.header_timeout_ms",
-                self.http.header_timeout_ms,
-                100,
-                3_600_000,
-                "milliseconds",
-            ),
-            Bound::new(
-                "http.body_timeout_ms",
-                self.http.body_timeout_ms,
-                100,
-                3_600_000,
-                "milliseconds",
-            ),
-            Bound::new(
-                "http.max_connections",
-                n(self.http.max_connections),
-                1,
-                65_536,
-                "connections",
-            ),
-            Bound::new(
-                "storage.reschedule_countdown",
-                st.reschedule_countdown,
-                30,
-                86_400,
-                "seconds",
-            )
-            .why("30 is the platform's minimum"),
-            Bound::new(
-                "connect.background_task_max_execution_time",
-                c.background_task_max_execution_time,
-                1,
-                86_400,
-                "seconds",
-            ),
-            Bound::new(
-                "connect.interactive_task_max_execution_time",
-                c.interactive_task_max_execution_time,
-                1,
-                86_400,
-                "seconds",
-            ),
-            Bound::new(
-                "connect.setup_timeout",
-                c.setup_timeout,
-                1,
-                3_600,
-                "seconds",
-            ),
-            Bound::new(
-                "connect.max_in_flight",
-                n(c.max_in_flight),
-                1,
-                100_000,
-                "tasks",
-            ),
-            Bound::new(
-                "connect.rest_concurrency",
-                n(c.rest_concurrency),
-                1,
-                4_096,
-                "requests",
-            ),
-            Bound::new(
-                "connect.max_frame_bytes",
-                n(c.max_frame_bytes),
-                2 * MIB,
-                256 * MIB,
-                "bytes",
-            )
-            .why("at least 2 MiB, the platform's assumption"),
-            Bound::new(
-                "connect.ping_interval",
-                c.ping_interval,
-                1,
-                3_600,
-                "seconds",
-            ),
-            Bound::new(
-                "connect.result_buffer",
-                n(c.result_buffer),
-                1,
-                10_000_000,
-                "results",
-            ),
-            Bound::new(
-                "connect.result_buffer_bytes",
-                n(c.result_buffer_bytes),
-                1024,
-                16 * 1024 * MIB,
-                "bytes",
-            ),
-            Bound::new(
-                "telemetry.log_ship_queue",
-                n(self.telemetry.log_ship_queue),
-                1,
-                1_000_000,
-                "records",
-            ),
-            Bound::new(
-                "telemetry.log_ship_flush_ms",
-                self.telemetry.log_ship_flush_ms,
-                10,
-                600_000,
-                "milliseconds",
-            ),
-            Bound::new(
-                "telemetry.log_ship_timeout_ms",
-                self.telemetry.log_ship_timeout_ms,
-                100,
-                600_000,
-                "milliseconds",
-            ),
-            Bound::new("shutdown.grace", self.shutdown.grace, 0, 3_600, "seconds"),
-        ]
-        .into_iter()
-        .chain(st.bounds())
-        .collect()
+        let mut all = self.http.bounds();
+        all.extend(self.storage.bounds());
+        all.extend(self.connect.bounds());
+        all.extend(self.telemetry.bounds());
+        all.extend(self.shutdown.bounds());
+        all
     }
 
     /// The effective configuration as TOML-like JSON, secrets redacted (for `check-config`).

@@ -106,6 +106,20 @@ pub enum ConnectError {
     Failed(String),
 }
 
+/// What an SDK extension ([`crate::sdk`]) adds to the channel: its declarations for
+/// `setup_request` and a callback that receives the REST client and the live configuration once
+/// the service is built. The default daemon passes `ExtensionSetup::default()` (nothing).
+#[derive(Default)]
+pub struct ExtensionSetup {
+    /// Declared after the storage variables (a name already declared is not repeated).
+    pub variables: Vec<protocol::VariableDecl>,
+    /// `setup_request.schedulables`: `{"method", "name", "description"}` objects.
+    pub schedulables: Vec<serde_json::Value>,
+    /// Called once by [`ConnectService::build`].
+    #[allow(clippy::type_complexity)]
+    pub on_build: Option<Box<dyn FnOnce(Arc<rest::Rest>, Arc<live::LiveConfig>) + Send>>,
+}
+
 /// The validation event types `CONNECT_PERSIST_INTERACTIVE=true` subscribes to.
 pub const PERSISTED_VALIDATION_TYPES: [EventType; 2] = [
     EventType::AssetPurchaseRequestValidation,
@@ -245,14 +259,24 @@ fn fallback_validation(
 }
 
 /// The `setup_request` each channel sends after the upgrade.
-fn setup_request(settings: &Settings, registry: &Registry) -> SetupRequest {
+fn setup_request(
+    settings: &Settings,
+    registry: &Registry,
+    extension: &ExtensionSetup,
+) -> SetupRequest {
     let c = &settings.connect;
+    let mut variables = live::declared_variables(settings);
+    for v in &extension.variables {
+        if !variables.iter().any(|d| d.name == v.name) {
+            variables.push(v.clone());
+        }
+    }
     SetupRequest {
         event_subscriptions: registry.event_subscriptions(),
         ui_modules: None,
         icon: None,
-        variables: live::declared_variables(settings),
-        schedulables: Vec::new(),
+        variables,
+        schedulables: extension.schedulables.clone(),
         anvil_callables: None,
         transformations: None,
         audience: c.audience_list(),
@@ -301,6 +325,7 @@ impl ConnectService {
         storage: Arc<SharedStorage>,
         metrics: Arc<Metrics>,
         tuning: Tuning,
+        extension: ExtensionSetup,
     ) -> Result<ConnectService, ConnectError> {
         let c = &settings.connect;
         let instance_id = instance_id_of(c);
@@ -319,11 +344,15 @@ impl ConnectService {
         ));
         live.set_instance_id(&instance_id);
         let fallback = fallback_validation(settings, storage, metrics.clone());
-        let setup_request = setup_request(settings, &registry);
+        let setup_request = setup_request(settings, &registry, &extension);
+        let rest = Arc::new(rest_client(c, http, &rest_base, &tuning, metrics.clone()));
+        if let Some(on_build) = extension.on_build {
+            on_build(rest.clone(), live.clone());
+        }
         let shared = Arc::new(Shared {
             tasks: tasks::TaskContext {
                 registry,
-                rest: rest_client(c, http, &rest_base, &tuning, metrics.clone()),
+                rest,
                 api_key: c.api_key.clone(),
                 fallback_validation: fallback,
                 background_timeout: Duration::from_secs(c.background_task_max_execution_time),

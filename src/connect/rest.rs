@@ -29,16 +29,25 @@ use crate::telemetry::{FetchLabels, Metrics};
 /// A REST failure, described without credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum RestError {
-    #[error("GET {path} answered HTTP {status}: {body}")]
+    #[error("{method} {path} answered HTTP {status}: {body}")]
     Status {
+        method: &'static str,
         path: String,
         status: u16,
         body: String,
     },
-    #[error("GET {path} failed: {message}")]
-    Network { path: String, message: String },
-    #[error("GET {path}: {message}")]
-    Invalid { path: String, message: String },
+    #[error("{method} {path} failed: {message}")]
+    Network {
+        method: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("{method} {path}: {message}")]
+    Invalid {
+        method: &'static str,
+        path: String,
+        message: String,
+    },
     /// The task's time budget ran out (or a `Retry-After` would overrun it).
     #[error("{message}")]
     Budget { message: String },
@@ -149,15 +158,16 @@ pub struct RestSession<'a> {
 }
 
 /// A network failure of the call to `path`.
-fn network_error(path: &str, message: String) -> RestError {
+fn network_error(method: &'static str, path: &str, message: String) -> RestError {
     RestError::Network {
+        method,
         path: path.to_string(),
         message,
     }
 }
 
 /// A non-2xx answer: retriable when 5xx or 429, with the wait its `Retry-After` asks for.
-async fn error_answer(resp: reqwest::Response, path: &str) -> Attempt {
+async fn error_answer(resp: reqwest::Response, method: &'static str, path: &str) -> Attempt {
     let code = resp.status().as_u16();
     let wait = retry_after(resp.headers());
     let body = match read_bounded(resp, ERROR_BODY_BYTES).await {
@@ -169,6 +179,7 @@ async fn error_answer(resp: reqwest::Response, path: &str) -> Attempt {
         retriable: code >= 500 || code == 429,
         wait,
         err: RestError::Status {
+            method,
             path: path.to_string(),
             status: code,
             body: crate::sanitize::escaped_excerpt(&body, 300),
@@ -200,14 +211,28 @@ impl RestSession<'_> {
         key: &str,
         json: bool,
     ) -> Result<(reqwest::header::HeaderMap, Vec<u8>, Option<Value>), RestError> {
+        self.call(step, Method::GET, path, key, None, json).await
+    }
+
+    /// Any method, with an optional JSON body, under the same retry policy as [`Self::get`].
+    async fn call(
+        &self,
+        step: &str,
+        method: Method,
+        path: &str,
+        key: &str,
+        body: Option<&Value>,
+        json: bool,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>, Option<Value>), RestError> {
         let rest = self.rest;
         let url = format!("{}{}", rest.base, path);
-        let network = |message: String| network_error(path, message);
+        let method_name = method_name(&method);
+        let network = |message: String| network_error(method_name, path, message);
         let mut waits = None;
         let mut attempt = 0;
         loop {
             let started = Instant::now();
-            let once = self.attempt(&url, path, key, json);
+            let once = self.attempt(&method, &url, path, key, body, json);
             let result = match tokio::time::timeout_at(self.deadline, once).await {
                 Ok(r) => r,
                 Err(_) => {
@@ -262,35 +287,51 @@ impl RestSession<'_> {
         }
     }
 
-    /// One GET: its answer read and classified (success, retriable or not).
-    async fn attempt(&self, url: &str, path: &str, key: &str, json: bool) -> Attempt {
-        let resp = match self
+    /// One call: its answer read and classified (success, retriable or not).
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &str,
+        path: &str,
+        key: &str,
+        body: Option<&Value>,
+        json: bool,
+    ) -> Attempt {
+        let method_name = method_name(method);
+        let mut request = self
             .rest
             .client
-            .get(url)
-            .header(reqwest::header::AUTHORIZATION, key)
-            .send()
-            .await
-        {
+            .request(method.clone(), url)
+            .header(reqwest::header::AUTHORIZATION, key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let resp = match request.send().await {
             Ok(r) => r,
             Err(e) => {
                 return Attempt::Failed {
                     outcome: "error".into(),
                     retriable: true,
                     wait: None,
-                    err: network_error(path, error_chain(&e.without_url(), true)),
+                    err: network_error(method_name, path, error_chain(&e.without_url(), true)),
                 }
             }
         };
         if resp.status().is_success() {
-            return self.success_answer(resp, path, json).await;
+            return self.success_answer(resp, method_name, path, json).await;
         }
-        error_answer(resp, path).await
+        error_answer(resp, method_name, path).await
     }
 
     /// A 2xx answer: its body (bounded; cut off mid-read is retriable) and, with `json`, its
     /// JSON (ending early is a cut-off body; other invalid JSON is not retried).
-    async fn success_answer(&self, resp: reqwest::Response, path: &str, json: bool) -> Attempt {
+    async fn success_answer(
+        &self,
+        resp: reqwest::Response,
+        method: &'static str,
+        path: &str,
+        json: bool,
+    ) -> Attempt {
         let rest = self.rest;
         let headers = resp.headers().clone();
         let body = match read_bounded(resp, rest.max_body_bytes).await {
@@ -306,7 +347,7 @@ impl RestSession<'_> {
                     outcome: "error".into(),
                     retriable: true,
                     wait: None,
-                    err: network_error(path, message),
+                    err: network_error(method, path, message),
                 };
             }
         };
@@ -320,6 +361,7 @@ impl RestSession<'_> {
                 retriable: true,
                 wait: None,
                 err: network_error(
+                    method,
                     path,
                     format!(
                         "the answer was cut off mid-read ({} bytes, JSON incomplete: {e})",
@@ -332,6 +374,7 @@ impl RestSession<'_> {
                 retriable: false,
                 wait: None,
                 err: RestError::Invalid {
+                    method,
                     path: path.to_string(),
                     message: format!("the answer is not JSON: {e}"),
                 },
@@ -349,6 +392,7 @@ impl RestSession<'_> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let invalid = |message: String| RestError::Invalid {
+            method: "GET",
             path: path.clone(),
             message,
         };
@@ -370,6 +414,47 @@ impl RestSession<'_> {
     pub async fn get_json(&self, path: &str, key: &str) -> Result<Value, RestError> {
         let (_headers, _body, value) = self.get("get", path, key, true).await?;
         Ok(value.unwrap_or(Value::Null))
+    }
+
+    /// `{method} {path}` with an optional JSON body; the answer as JSON (`null` when empty).
+    /// Retried as [`Self::get_json`] is (5xx, 429, network errors), 4xx fails at once.
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, RestError> {
+        let step = match method {
+            Method::GET => "get",
+            _ => "call",
+        };
+        let name = method_name(&method);
+        let (_headers, bytes, _) = self.call(step, method, path, key, body, false).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| RestError::Invalid {
+            method: name,
+            path: path.to_string(),
+            message: format!("the answer is not JSON: {e}"),
+        })
+    }
+}
+
+pub use reqwest::Method;
+
+/// The static name of a method for error messages.
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "request",
     }
 }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::error::{setting_error, split_list, ConfigError};
+use crate::config::error::{setting_error, split_list, Bound, ConfigError};
 use crate::config::secret::Secret;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -30,6 +30,79 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The range of each numeric `[connect]` setting (checked with all the others at load).
+    pub fn bounds(&self) -> Vec<Bound> {
+        const MIB: u64 = 1024 * 1024;
+        let n = |v: usize| v as u64;
+        let b = Bound::new;
+        vec![
+            b(
+                "connect.background_task_max_execution_time",
+                self.background_task_max_execution_time,
+                1,
+                86_400,
+                "seconds",
+            ),
+            b(
+                "connect.interactive_task_max_execution_time",
+                self.interactive_task_max_execution_time,
+                1,
+                86_400,
+                "seconds",
+            ),
+            b(
+                "connect.setup_timeout",
+                self.setup_timeout,
+                1,
+                3_600,
+                "seconds",
+            ),
+            b(
+                "connect.max_in_flight",
+                n(self.max_in_flight),
+                1,
+                100_000,
+                "tasks",
+            ),
+            b(
+                "connect.rest_concurrency",
+                n(self.rest_concurrency),
+                1,
+                4_096,
+                "requests",
+            ),
+            b(
+                "connect.max_frame_bytes",
+                n(self.max_frame_bytes),
+                2 * MIB,
+                256 * MIB,
+                "bytes",
+            )
+            .why("at least 2 MiB, the platform's assumption"),
+            b(
+                "connect.ping_interval",
+                self.ping_interval,
+                1,
+                3_600,
+                "seconds",
+            ),
+            b(
+                "connect.result_buffer",
+                n(self.result_buffer),
+                1,
+                10_000_000,
+                "results",
+            ),
+            b(
+                "connect.result_buffer_bytes",
+                n(self.result_buffer_bytes),
+                1024,
+                16 * 1024 * MIB,
+                "bytes",
+            ),
+        ]
+    }
+
     /// The websocket channel runs only when both the platform key and the environment are known.
     pub fn enabled(&self) -> bool {
         !self.api_key.is_empty() && !self.environment_id.is_empty()

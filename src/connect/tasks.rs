@@ -24,7 +24,7 @@ use crate::events::{
 /// Everything a task needs, shared by all tasks of the process.
 pub struct TaskContext {
     pub registry: Arc<Registry>,
-    pub rest: Rest,
+    pub rest: Arc<Rest>,
     /// The platform key (API_KEY); an installation key in the task wins.
     pub api_key: crate::config::secret::Secret,
     /// Answers validation tasks no registered handler claims.
@@ -70,6 +70,17 @@ pub async fn run(
         other => fail(format!(
             "task category `{other}` is not handled on the events channel (accepted: background, interactive, scheduled)"
         )),
+    }
+}
+
+/// The task's installation key for the event, when the registry keeps it (SDK extensions).
+fn installation_key(ctx: &TaskContext, task: &Task) -> Option<crate::config::secret::Secret> {
+    if !ctx.registry.keeps_installation_key() {
+        return None;
+    }
+    match &task.options.api_key {
+        Some(k) if !k.0.is_empty() => Some(crate::config::secret::Secret::new(k.0.clone())),
+        _ => None,
     }
 }
 
@@ -130,8 +141,9 @@ async fn background(ctx: &TaskContext, defs: &Definitions, task: &Task) -> TaskO
         Err(e) => return retry(format!("fetching {object_id} failed: {e}")),
     };
     drop(session); // the slot is for REST calls only, not for the handler
-    let event = Event::new(event_type, object_id.clone(), object, Source::Websocket)
+    let mut event = Event::new(event_type, object_id.clone(), object, Source::Websocket)
         .with_task_id(task.options.task_id.clone());
+    event.installation_key = installation_key(ctx, task);
     let started = Instant::now();
     match tokio::time::timeout(ctx.background_timeout, ctx.registry.dispatch_owned(event)).await {
         Ok(outcome) => background_output(outcome, started.elapsed().as_secs_f64()),
@@ -204,6 +216,7 @@ async fn interactive(ctx: &TaskContext, task: &Task) -> TaskOutput {
         Source::Websocket,
     )
     .with_task_id(task.options.task_id.clone());
+    event.installation_key = installation_key(ctx, task);
     if event.object_id.is_empty() {
         event.object_id = data
             .get("id")
@@ -299,13 +312,14 @@ async fn scheduled(ctx: &TaskContext, service_id: Option<&str>, task: &Task) -> 
             ))
         }
     };
-    let event = Event::new(
+    let mut event = Event::new(
         EventType::ScheduledExecution,
         task.input.object_id.clone(),
         schedule,
         Source::Websocket,
     )
     .with_task_id(task.options.task_id.clone());
+    event.installation_key = installation_key(ctx, task);
     let started = Instant::now();
     let outcome = ctx.registry.dispatch(&event).await;
     let mut out = background_output(outcome, started.elapsed().as_secs_f64());

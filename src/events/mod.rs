@@ -8,7 +8,9 @@ pub mod settings;
 pub mod types;
 pub mod validation;
 
-pub use registry::{Handler, Outcome, Registration, Registry, MIN_RESCHEDULE_COUNTDOWN};
+pub use registry::{
+    Handler, Outcome, Registration, Registry, MIN_RESCHEDULE_COUNTDOWN, MIN_SLOW_PROCESS_COUNTDOWN,
+};
 pub use types::{Category, Event, EventType, Source, Status};
 
 use std::sync::Arc;

@@ -17,6 +17,10 @@ use crate::telemetry::{EventLabels, Metrics};
 /// The minimum countdown the platform accepts for `reschedule` (connect-protocol.md §5.2).
 pub const MIN_RESCHEDULE_COUNTDOWN: u64 = 30;
 
+/// The minimum (and default) countdown of [`Outcome::slow_process_reschedule`]: 300 s, as
+/// connect-eaas-core's `BackgroundResponse.slow_process_reschedule`.
+pub const MIN_SLOW_PROCESS_COUNTDOWN: u64 = 300;
+
 /// What handling an event came to, in the protocol's vocabulary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -83,6 +87,54 @@ impl Outcome {
         }
     }
 
+    /// connect-eaas-core's `slow_process_reschedule`: a `reschedule` for slow processes,
+    /// `countdown` raised to at least [`MIN_SLOW_PROCESS_COUNTDOWN`] (300 s).
+    pub fn slow_process_reschedule(countdown: u64) -> Self {
+        Outcome::Reschedule {
+            countdown: countdown.max(MIN_SLOW_PROCESS_COUNTDOWN),
+            message: "slow process: rescheduled".into(),
+        }
+    }
+
+    /// An interactive answer (`InteractiveResponse.done`): `success` with
+    /// `{http_status, headers, body}` returned to the caller.
+    pub fn interactive(http_status: u16, headers: Option<Value>, body: Value) -> Self {
+        Outcome::Done {
+            document_id: None,
+            duplicate: false,
+            data: Some(serde_json::json!({
+                "http_status": http_status, "headers": headers, "body": body
+            })),
+        }
+    }
+
+    /// A failed interactive answer (`InteractiveResponse.fail`): `fail` with `message` and
+    /// `{http_status, headers, body}` returned to the caller (the runner's default status is 400).
+    pub fn interactive_fail(
+        http_status: u16,
+        headers: Option<Value>,
+        body: Value,
+        message: impl Into<String>,
+    ) -> Self {
+        Outcome::Fail {
+            message: message.into(),
+            data: Some(serde_json::json!({
+                "http_status": http_status, "headers": headers, "body": body
+            })),
+        }
+    }
+
+    /// A validation answer (`ValidationResponse.done`): the draft echoed back, with whatever the
+    /// handler changed in it (e.g. a parameter's `value_error`), HTTP 200.
+    pub fn validation(draft: Value) -> Self {
+        Self::interactive(200, None, draft)
+    }
+
+    /// A failed validation (`ValidationResponse.fail`): `fail`, the draft returned with HTTP 400.
+    pub fn validation_fail(draft: Value, message: impl Into<String>) -> Self {
+        Self::interactive_fail(400, None, draft, message)
+    }
+
     /// The wire name of the result: success, skip, fail, reschedule, retry.
     pub fn result_name(&self) -> &'static str {
         match self {
@@ -142,6 +194,7 @@ impl std::fmt::Debug for Registration {
 pub struct Registry {
     handlers: BTreeMap<String, (EventType, Registration)>,
     metrics: Option<Arc<Metrics>>,
+    installation_key: bool,
 }
 
 impl Registry {
@@ -167,6 +220,18 @@ impl Registry {
             (event_type, Registration { statuses, handler }),
         );
         self
+    }
+
+    /// Asks the task runner to copy a task's installation `api_key` into its [`Event`]
+    /// (`Event::installation_key`). Off by default: the built-in handlers make no REST calls.
+    pub fn keep_installation_key(&mut self) -> &mut Self {
+        self.installation_key = true;
+        self
+    }
+
+    /// Whether events should carry the task's installation key.
+    pub fn keeps_installation_key(&self) -> bool {
+        self.installation_key
     }
 
     pub fn get(&self, event_type: &EventType) -> Option<&Registration> {
@@ -356,6 +421,47 @@ mod tests {
             Outcome::reschedule(600, "x"),
             Outcome::Reschedule { countdown: 600, .. }
         ));
+    }
+
+    #[test]
+    fn slow_process_reschedule_waits_at_least_300_seconds() {
+        for (asked, got) in [
+            (0, 300),
+            (30, 300),
+            (299, 300),
+            (300, 300),
+            (301, 301),
+            (3600, 3600),
+        ] {
+            assert!(
+                matches!(Outcome::slow_process_reschedule(asked), Outcome::Reschedule { countdown, .. } if countdown == got),
+                "{asked} → {got}"
+            );
+        }
+        assert_eq!(
+            Outcome::slow_process_reschedule(10).result_name(),
+            "reschedule"
+        );
+    }
+
+    #[test]
+    fn interactive_and_validation_answers() {
+        let o = Outcome::interactive(201, Some(json!({"X-A": "1"})), json!({"ok": true}));
+        assert_eq!(
+            o,
+            Outcome::Done {
+                document_id: None,
+                duplicate: false,
+                data: Some(
+                    json!({"http_status": 201, "headers": {"X-A": "1"}, "body": {"ok": true}})
+                )
+            }
+        );
+        let o = Outcome::validation_fail(json!({"id": "PR-1"}), "bad");
+        assert_eq!(o.message(), Some("bad"));
+        assert!(
+            matches!(o, Outcome::Fail { data: Some(d), .. } if d["http_status"] == 400 && d["body"]["id"] == "PR-1")
+        );
     }
 
     #[test]

@@ -292,6 +292,9 @@ pub struct Event {
     pub task_id: Option<String>,
     pub source: Source,
     pub received_at: OffsetDateTime,
+    /// The installation `api_key` the task carried, kept only when the registry asks for it
+    /// ([`crate::events::Registry::keep_installation_key`], set by SDK extensions); else None.
+    pub installation_key: Option<crate::config::secret::Secret>,
 }
 
 impl Event {
@@ -314,6 +317,7 @@ impl Event {
             task_id: None,
             source,
             received_at: OffsetDateTime::now_utc(),
+            installation_key: None,
         }
     }
 

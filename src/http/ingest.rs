@@ -76,67 +76,13 @@ pub fn parse_item(item: Value, at: Option<usize>) -> Result<Event, ApiError> {
             ),
         ));
     };
-    let (event_type, object, task_id) = if map.contains_key("event_type")
-        && map.contains_key("object")
-    {
-        let event_type = match map.remove("event_type") {
-            Some(Value::String(s)) if !s.is_empty() => s.parse::<EventType>().unwrap(),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_event",
-                    format!("{whr}`event_type` must be a non-empty string"),
-                ))
-            }
+    let (event_type, object, task_id) =
+        if map.contains_key("event_type") && map.contains_key("object") {
+            parse_envelope(&whr, map)?
+        } else {
+            let object = Value::Object(std::mem::take(&mut map));
+            (event_type_of_object(&whr, &object)?, object, None)
         };
-        if let EventType::Other(name) = &event_type {
-            return Err(ApiError::bad_request(
-                "unknown_event_type",
-                format!(
-                    "{whr}unknown event type `{}`",
-                    escaped_excerpt(name, EXCERPT)
-                ),
-            ));
-        }
-        let task_id = match map.remove("task_id") {
-            Some(Value::String(s)) => Some(s),
-            None | Some(Value::Null) => None,
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "invalid_event",
-                    format!("{whr}`task_id` must be a string"),
-                ))
-            }
-        };
-        let object = map.remove("object").unwrap_or(Value::Null);
-        if !object.is_object() {
-            return Err(ApiError::bad_request(
-                "invalid_event",
-                format!("{whr}`object` must be a JSON object"),
-            ));
-        }
-        (event_type, object, task_id)
-    } else {
-        let object = Value::Object(std::mem::take(&mut map));
-        let event_type = match (object.get("id"), EventType::for_object(&object)) {
-            (_, Some(t)) => t,
-            (Some(Value::String(_)), None) => {
-                return Err(ApiError::bad_request(
-                    "unknown_event_type",
-                    format!(
-                        "{whr}cannot tell the event type from `type` = {}; send {{\"event_type\": …, \"object\": …}} or a request of type purchase, change, suspend, resume, cancel, adjustment, renew or transfer",
-                        object.get("type").map(|t| escaped_excerpt(&t.to_string(), EXCERPT)).unwrap_or_else(|| "(missing)".into())
-                    ),
-                ))
-            }
-            _ => {
-                return Err(ApiError::bad_request(
-                    "missing_id",
-                    format!("{whr}the object has no string `id`"),
-                ))
-            }
-        };
-        (event_type, object, None)
-    };
     check_printable(&whr, &object, task_id.as_deref())?;
     let object_id = match object.get("id") {
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
@@ -150,6 +96,71 @@ pub fn parse_item(item: Value, at: Option<usize>) -> Result<Event, ApiError> {
     let mut event = Event::new(event_type, object_id, object, Source::Http);
     event.task_id = task_id;
     Ok(event)
+}
+
+/// `{"event_type", "object", "task_id"?}`: the explicit form.
+fn parse_envelope(
+    whr: &str,
+    mut map: Map<String, Value>,
+) -> Result<(EventType, Value, Option<String>), ApiError> {
+    let event_type = match map.remove("event_type") {
+        Some(Value::String(s)) if !s.is_empty() => s.parse::<EventType>().unwrap(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_event",
+                format!("{whr}`event_type` must be a non-empty string"),
+            ))
+        }
+    };
+    if let EventType::Other(name) = &event_type {
+        return Err(ApiError::bad_request(
+            "unknown_event_type",
+            format!(
+                "{whr}unknown event type `{}`",
+                escaped_excerpt(name, EXCERPT)
+            ),
+        ));
+    }
+    let task_id = match map.remove("task_id") {
+        Some(Value::String(s)) => Some(s),
+        None | Some(Value::Null) => None,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_event",
+                format!("{whr}`task_id` must be a string"),
+            ))
+        }
+    };
+    let object = map.remove("object").unwrap_or(Value::Null);
+    if !object.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_event",
+            format!("{whr}`object` must be a JSON object"),
+        ));
+    }
+    Ok((event_type, object, task_id))
+}
+
+/// A bare Connect object: the event type from its `type` (purchase, change, …).
+fn event_type_of_object(whr: &str, object: &Value) -> Result<EventType, ApiError> {
+    match (object.get("id"), EventType::for_object(object)) {
+        (_, Some(t)) => Ok(t),
+        (Some(Value::String(_)), None) => {
+            Err(ApiError::bad_request(
+                "unknown_event_type",
+                format!(
+                    "{whr}cannot tell the event type from `type` = {}; send {{\"event_type\": …, \"object\": …}} or a request of type purchase, change, suspend, resume, cancel, adjustment, renew or transfer",
+                    object.get("type").map(|t| escaped_excerpt(&t.to_string(), EXCERPT)).unwrap_or_else(|| "(missing)".into())
+                ),
+            ))
+        }
+        _ => {
+            Err(ApiError::bad_request(
+                "missing_id",
+                format!("{whr}the object has no string `id`"),
+            ))
+        }
+    }
 }
 
 fn describe(event: &Event, outcome: &Outcome) -> Value {
@@ -197,6 +208,19 @@ async fn handle_post(
     headers: &HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let body = read_body(&state, body_timeout, headers, request).await?;
+    let (events, single) = parse_body(&body)?;
+    let outcomes = join_all(events.iter().map(|e| state.registry.dispatch(e))).await;
+    Ok(respond(&events, &outcomes, single))
+}
+
+/// The body, if it is JSON, arrives within `body_timeout` and is within the size limit.
+async fn read_body(
+    state: &AppState,
+    body_timeout: Duration,
+    headers: &HeaderMap,
+    request: Request,
+) -> Result<Bytes, ApiError> {
     if !guard::is_json(headers) {
         let given = headers
             .get(header::CONTENT_TYPE)
@@ -208,38 +232,35 @@ async fn handle_post(
             format!("POST /events takes `Content-Type: application/json` (got {given})"),
         ));
     }
-    let body = match tokio::time::timeout(body_timeout, Bytes::from_request(request, &state)).await
-    {
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the request body did not arrive within {} ms (HTTP_BODY_TIMEOUT_MS)",
-                    body_timeout.as_millis()
-                ),
-            ))
-        }
-        Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "the body exceeds {} bytes (HTTP_MAX_BODY_BYTES)",
-                    state.max_body_bytes
-                ),
-            ))
-        }
-        Ok(Err(e)) => {
-            return Err(ApiError::new(
-                e.status(),
-                "bad_body",
-                escaped_excerpt(&e.body_text(), EXCERPT),
-            ))
-        }
-        Ok(Ok(body)) => body,
-    };
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+    match tokio::time::timeout(body_timeout, Bytes::from_request(request, state)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms (HTTP_BODY_TIMEOUT_MS)",
+                body_timeout.as_millis()
+            ),
+        )),
+        Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body exceeds {} bytes (HTTP_MAX_BODY_BYTES)",
+                state.max_body_bytes
+            ),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            e.status(),
+            "bad_body",
+            escaped_excerpt(&e.body_text(), EXCERPT),
+        )),
+        Ok(Ok(body)) => Ok(body),
+    }
+}
+
+/// The events of a body: one object, or a non-empty array of them (`single` tells which).
+fn parse_body(body: &[u8]) -> Result<(Vec<Event>, bool), ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(
             "malformed_json",
             format!(
@@ -248,7 +269,7 @@ async fn handle_post(
             ),
         )
     })?;
-    let (events, single) = match value {
+    Ok(match value {
         Value::Array(items) => {
             if items.is_empty() {
                 return Err(ApiError::bad_request("empty", "the array is empty"));
@@ -261,10 +282,12 @@ async fn handle_post(
             (events, false)
         }
         other => (vec![parse_item(other, None)?], true),
-    };
+    })
+}
 
-    let outcomes = join_all(events.iter().map(|e| state.registry.dispatch(e))).await;
-
+/// The answer: 503 + Retry-After when any event must be redelivered, else 422 when any failed,
+/// else 201 when anything new was stored, else 200; one result, or `{"results": […]}`.
+fn respond(events: &[Event], outcomes: &[Outcome], single: bool) -> Response {
     let retry_after = outcomes
         .iter()
         .filter_map(|o| match o {
@@ -293,7 +316,7 @@ async fn handle_post(
     };
     let mut results: Vec<Value> = events
         .iter()
-        .zip(&outcomes)
+        .zip(outcomes)
         .map(|(e, o)| describe(e, o))
         .collect();
     let body = if single {
@@ -308,5 +331,5 @@ async fn handle_post(
             secs.to_string().parse().expect("digits"),
         );
     }
-    Ok(response)
+    response
 }

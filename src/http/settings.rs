@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::error::{setting_error, ConfigError};
+use crate::config::error::{setting_error, Bound, ConfigError};
 use crate::config::secret::Secret;
 use crate::sanitize::escaped_excerpt;
 
@@ -19,6 +19,42 @@ pub struct Settings {
     pub header_timeout_ms: u64,
     pub body_timeout_ms: u64,
     pub max_connections: usize,
+}
+
+impl Settings {
+    /// The range of each numeric `[http]` setting (checked with all the others at load).
+    pub fn bounds(&self) -> Vec<Bound> {
+        vec![
+            Bound::new(
+                "http.max_body_bytes",
+                self.max_body_bytes as u64,
+                1,
+                256 * 1024 * 1024,
+                "bytes",
+            ),
+            Bound::new(
+                "http.header_timeout_ms",
+                self.header_timeout_ms,
+                100,
+                3_600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "http.body_timeout_ms",
+                self.body_timeout_ms,
+                100,
+                3_600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "http.max_connections",
+                self.max_connections as u64,
+                1,
+                65_536,
+                "connections",
+            ),
+        ]
+    }
 }
 
 /// Syntax checks of the HTTP listener's own settings (called by `config::Settings::validate`;

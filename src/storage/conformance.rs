@@ -182,6 +182,53 @@ pub async fn list_filters_newest_first(s: &dyn Storage) {
     assert!(none.is_empty());
 }
 
+pub async fn list_filters_by_asset(s: &dyn Storage) {
+    let asset = unique("AS");
+    let other = unique("AS");
+    let with_asset = |status: &str, updated: &str, asset: &str, secs_ago: i64| {
+        let mut d = with_time(
+            sample_doc(&unique("PR"), status, updated),
+            "asset_purchase_request_processing",
+            secs_ago,
+        );
+        d.body["asset"]["id"] = json!(asset);
+        d
+    };
+    let a_old = with_asset("approved", "1", &asset, 30);
+    let a_new = with_asset("pending", "2", &asset, 10);
+    let b = with_asset("approved", "3", &other, 20);
+    let mut no_asset = sample_doc(&unique("PR"), "approved", "4");
+    no_asset.body.remove("asset");
+    for d in [&a_old, &b, &a_new, &no_asset] {
+        assert_eq!(s.save(d).await.unwrap(), SaveOutcome::Inserted);
+    }
+    let by_asset = s
+        .list(&ListQuery {
+            asset_id: Some(asset.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&by_asset), vec![a_new.id.clone(), a_old.id.clone()]);
+    let approved = s
+        .list(&ListQuery {
+            asset_id: Some(asset.clone()),
+            status: Some("approved".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&approved), vec![a_old.id.clone()]);
+    let unknown = s
+        .list(&ListQuery {
+            asset_id: Some(unique("AS")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(unknown.is_empty());
+}
+
 pub async fn values_are_kept_losslessly(s: &dyn Storage) {
     let mut doc = sample_doc(&unique("PR"), "pending", "u");
     let mut extra = Map::new();
@@ -286,6 +333,7 @@ macro_rules! storage_conformance {
             $crate::storage_conformance!(@case $make, save_is_idempotent, as_ref);
             $crate::storage_conformance!(@case $make, save_many_reports_each_document, as_ref);
             $crate::storage_conformance!(@case $make, list_filters_newest_first, as_ref);
+            $crate::storage_conformance!(@case $make, list_filters_by_asset, as_ref);
             $crate::storage_conformance!(@case $make, values_are_kept_losslessly, as_ref);
             $crate::storage_conformance!(@case $make, concurrent_duplicates_store_once, clone);
         }
@@ -320,6 +368,6 @@ mod tests {
                 );
             }
         }
-        assert_eq!(cases, 8);
+        assert_eq!(cases, 9);
     }
 }

@@ -238,9 +238,20 @@ impl Settings {
         Ok(())
     }
 
-    /// Every backend's numeric ranges.
+    /// The range of `storage.reschedule_countdown` and of every backend's numbers.
     pub fn bounds(&self) -> Vec<Bound> {
-        self.sections.iter().flat_map(|(_, s)| s.bounds()).collect()
+        let common = vec![Bound::new(
+            "storage.reschedule_countdown",
+            self.reschedule_countdown,
+            30,
+            86_400,
+            "seconds",
+        )
+        .why("30 is the platform's minimum")];
+        common
+            .into_iter()
+            .chain(self.sections.iter().flat_map(|(_, s)| s.bounds()))
+            .collect()
     }
 
     /// Every secret value the backends' sections hold (for the log scrubber).

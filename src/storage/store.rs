@@ -119,6 +119,9 @@ pub struct ListQuery {
     pub event_type: Option<String>,
     pub status: Option<String>,
     pub object_id: Option<String>,
+    /// The stored object's `asset.id` (a request's asset). Backends match the top-level `asset`
+    /// object's `id` field of the stored document exactly; a document without one never matches.
+    pub asset_id: Option<String>,
     pub limit: Option<usize>,
 }
 

@@ -1,5 +1,6 @@
 //! The telemetry settings (`[telemetry]`): the log format and the platform log shipping.
 
+use crate::config::error::Bound;
 use serde::{Deserialize, Serialize};
 
 use crate::config::secret::serialize_url;
@@ -22,4 +23,33 @@ pub struct Settings {
     pub log_ship_queue: usize,
     pub log_ship_flush_ms: u64,
     pub log_ship_timeout_ms: u64,
+}
+
+impl Settings {
+    /// The range of each numeric `[telemetry]` setting (checked with all the others at load).
+    pub fn bounds(&self) -> Vec<Bound> {
+        vec![
+            Bound::new(
+                "telemetry.log_ship_queue",
+                self.log_ship_queue as u64,
+                1,
+                1_000_000,
+                "records",
+            ),
+            Bound::new(
+                "telemetry.log_ship_flush_ms",
+                self.log_ship_flush_ms,
+                10,
+                600_000,
+                "milliseconds",
+            ),
+            Bound::new(
+                "telemetry.log_ship_timeout_ms",
+                self.log_ship_timeout_ms,
+                100,
+                600_000,
+                "milliseconds",
+            ),
+        ]
+    }
 }

@@ -145,6 +145,7 @@ async fn ready_is_red_until_the_channels_are_set_up() {
         connect_extension_mongodb::AppOptions {
             registry_hook: None,
             connect_tuning: fast_tuning(),
+            extension: None,
         },
     )
     .await

@@ -207,6 +207,7 @@ async fn build(proxy_env: &[(&str, &str)]) -> Result<Daemon, String> {
                 proxy_env: Some(proxy_env),
                 ..fast_tuning()
             },
+            extension: None,
         },
     )
     .await

@@ -807,7 +807,7 @@ fn build_context() -> TaskContext {
     TaskContext {
         registry: Arc::new(registry),
         // An invalid base URL: every REST call fails in reqwest before any I/O (a network error).
-        rest: Rest::new(
+        rest: Arc::new(Rest::new(
             reqwest::Client::new(),
             "http://fuzz invalid host/public/v1/".into(),
             0,
@@ -815,7 +815,7 @@ fn build_context() -> TaskContext {
             metrics,
             4,
             16 * 1024 * 1024,
-        ),
+        )),
         api_key: Secret::new("ApiKey SU-000:fuzz-platform-key"),
         fallback_validation: Arc::new(EchoValidation::new(None)),
         background_timeout: Duration::from_secs(30),

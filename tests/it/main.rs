@@ -21,6 +21,7 @@ mod http;
 mod leaks;
 mod logship;
 mod postgres;
+mod sdk;
 mod storage_driver_shutdown;
 mod storage_http;
 mod support;

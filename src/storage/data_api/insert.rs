@@ -141,62 +141,11 @@ impl DataApiStorage {
                 Err(e) => e,
             };
             if let Some(on) = err.duplicate.clone() {
-                // Ordered insert: everything before the duplicate landed, nothing after it was
-                // tried. Only an `_id` duplicate says where it stopped.
-                let position = match on {
-                    DuplicateOn::Id => err
-                        .error
-                        .as_deref()
-                        .and_then(|m| duplicate_position(m, &ids))
-                        .or_else(|| duplicate_position(&err.body, &ids)),
-                    _ => None,
-                };
-                let unknown: Vec<usize> = match position {
-                    Some(p) => {
-                        for &i in &chunk[..p] {
-                            out[i] = Some(Ok(SaveOutcome::Inserted));
-                        }
-                        out[chunk[p]] = Some(Ok(SaveOutcome::Duplicate));
-                        chunk[p + 1..].to_vec()
-                    }
-                    // The message does not say which: whatever exists now is stored (documents
-                    // this request stored before the failure are among them).
-                    None => chunk.clone(),
-                };
-                if unknown.is_empty() {
-                    continue;
-                }
-                let unknown_ids: Vec<&str> = unknown.iter().map(|&i| docs[i].id.as_str()).collect();
-                match self.existing_ids(&unknown_ids).await {
-                    Ok(existing) => {
-                        let mut retry = Vec::new();
-                        for &i in &unknown {
-                            if existing.iter().any(|e| *e == docs[i].id) {
-                                out[i] = Some(Ok(SaveOutcome::Duplicate));
-                            } else {
-                                retry.push(i);
-                            }
-                        }
-                        if position.is_some() {
-                            // Not stored yet: insert them before the rest of the batch.
-                            for i in retry.into_iter().rev() {
-                                pending.push_front(i);
-                            }
-                        } else {
-                            // No position to make progress with: one insertOne each (a document
-                            // clashing on another unique index then fails alone).
-                            for i in retry {
-                                out[i] = Some(self.insert_one(&docs[i]).await);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let e = self.storage_error(*e);
-                        for &i in unknown.iter().chain(pending.iter()) {
-                            out[i] = Some(Err(e.clone()));
-                        }
-                        return;
-                    }
+                if !self
+                    .after_duplicate(docs, &chunk, &err, &on, &mut pending, out)
+                    .await
+                {
+                    return;
                 }
             } else if matches!(
                 err.kind,
@@ -218,6 +167,80 @@ impl DataApiStorage {
             }
         }
     }
+
+    /// After a duplicate-key answer to an ordered `insertMany` of `chunk`: settles what landed
+    /// and what already existed, queues the rest again (`pending`). False when the store failed
+    /// meanwhile (every unsettled document then has that error).
+    async fn after_duplicate(
+        &self,
+        docs: &[EventDocument],
+        chunk: &[usize],
+        err: &ApiError,
+        on: &DuplicateOn,
+        pending: &mut std::collections::VecDeque<usize>,
+        out: &mut [Option<Result<SaveOutcome, StorageError>>],
+    ) -> bool {
+        let ids: Vec<&str> = chunk.iter().map(|&i| docs[i].id.as_str()).collect();
+        // Ordered insert: everything before the duplicate landed, nothing after it was
+        // tried. Only an `_id` duplicate says where it stopped.
+        let position = match *on {
+            DuplicateOn::Id => err
+                .error
+                .as_deref()
+                .and_then(|m| duplicate_position(m, &ids))
+                .or_else(|| duplicate_position(&err.body, &ids)),
+            _ => None,
+        };
+        let unknown: Vec<usize> = match position {
+            Some(p) => {
+                for &i in &chunk[..p] {
+                    out[i] = Some(Ok(SaveOutcome::Inserted));
+                }
+                out[chunk[p]] = Some(Ok(SaveOutcome::Duplicate));
+                chunk[p + 1..].to_vec()
+            }
+            // The message does not say which: whatever exists now is stored (documents
+            // this request stored before the failure are among them).
+            None => chunk.to_vec(),
+        };
+        if unknown.is_empty() {
+            return true;
+        }
+        let unknown_ids: Vec<&str> = unknown.iter().map(|&i| docs[i].id.as_str()).collect();
+        match self.existing_ids(&unknown_ids).await {
+            Ok(existing) => {
+                let mut retry = Vec::new();
+                for &i in &unknown {
+                    if existing.iter().any(|e| *e == docs[i].id) {
+                        out[i] = Some(Ok(SaveOutcome::Duplicate));
+                    } else {
+                        retry.push(i);
+                    }
+                }
+                if position.is_some() {
+                    // Not stored yet: insert them before the rest of the batch.
+                    for i in retry.into_iter().rev() {
+                        pending.push_front(i);
+                    }
+                } else {
+                    // No position to make progress with: one insertOne each (a document
+                    // clashing on another unique index then fails alone).
+                    for i in retry {
+                        out[i] = Some(self.insert_one(&docs[i]).await);
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                let e = self.storage_error(*e);
+                for &i in unknown.iter().chain(pending.iter()) {
+                    out[i] = Some(Err(e.clone()));
+                }
+                false
+            }
+        }
+    }
+
 }
 
 /// A duplicate on a unique index other than `_id`: the document is refused, with the reason.

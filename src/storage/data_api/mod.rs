@@ -175,6 +175,47 @@ fn config_error(message: impl Into<String>) -> StorageError {
     StorageError::config(BACKEND, message)
 }
 
+/// The credentials to send: the key, else a bearer token, else e-mail and password, else none.
+fn auth_of(s: &settings::Settings) -> Result<Auth, StorageError> {
+    Ok(if !s.api_key.is_empty() {
+        Auth::ApiKey(s.api_key.clone())
+    } else if !s.bearer_token.is_empty() {
+        Auth::Bearer(s.bearer_token.clone())
+    } else if !s.email.is_empty() || !s.password.is_empty() {
+        if s.email.is_empty() || s.password.is_empty() {
+            return Err(config_error(
+                "DATA_API_EMAIL and DATA_API_PASSWORD must be set together",
+            ));
+        }
+        Auth::EmailPassword {
+            email: s.email.clone(),
+            password: s.password.clone(),
+        }
+    } else {
+        Auth::None
+    })
+}
+
+/// The backend's HTTP client: redirects never followed (a configuration error, see
+/// `ApiErrorKind::Redirect`), bounded connect, kept-alive pooled connections.
+fn http_client(request_timeout: Duration) -> Result<reqwest::Client, StorageError> {
+    reqwest::Client::builder()
+        // A redirect is a configuration error, never followed: see `ApiErrorKind::Redirect`.
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(request_timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_keepalive(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .user_agent(concat!(
+            env!("CARGO_PKG_NAME"),
+            "/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+        .map_err(|e| config_error(format!("HTTP client: {e}")))
+}
+
+
 impl DataApiStorage {
     /// Builds the backend from `settings.storage.data_api` (and `storage.database`). Makes no
     /// request: a gateway that is down at start-up makes events reschedule, not the daemon fail.
@@ -205,43 +246,14 @@ impl DataApiStorage {
                 return Err(config_error(format!("{name} must not be empty")));
             }
         }
-        let auth = if !s.api_key.is_empty() {
-            Auth::ApiKey(s.api_key.clone())
-        } else if !s.bearer_token.is_empty() {
-            Auth::Bearer(s.bearer_token.clone())
-        } else if !s.email.is_empty() || !s.password.is_empty() {
-            if s.email.is_empty() || s.password.is_empty() {
-                return Err(config_error(
-                    "DATA_API_EMAIL and DATA_API_PASSWORD must be set together",
-                ));
-            }
-            Auth::EmailPassword {
-                email: s.email.clone(),
-                password: s.password.clone(),
-            }
-        } else {
-            Auth::None
-        };
+        let auth = auth_of(s)?;
         if s.request_timeout_ms == 0 || s.deadline_ms == 0 {
             return Err(config_error(
                 "DATA_API_TIMEOUT_MS and DATA_API_DEADLINE_MS must be positive",
             ));
         }
         let request_timeout = Duration::from_millis(s.request_timeout_ms);
-        let http = reqwest::Client::builder()
-            // A redirect is a configuration error, never followed: see `ApiErrorKind::Redirect`.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(request_timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_keepalive(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .user_agent(concat!(
-                env!("CARGO_PKG_NAME"),
-                "/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .map_err(|e| config_error(format!("HTTP client: {e}")))?;
+        let http = http_client(request_timeout)?;
         tracing::info!(
             endpoint = %shown_endpoint(&base),
             auth = auth.kind(),
@@ -401,6 +413,7 @@ impl Storage for DataApiStorage {
             ("_connect.event_type", &query.event_type),
             ("_connect.status", &query.status),
             ("_connect.object_id", &query.object_id),
+            ("asset.id", &query.asset_id),
         ] {
             if let Some(v) = value {
                 filter.insert(key.into(), json!(v));

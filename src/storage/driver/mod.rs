@@ -177,40 +177,7 @@ impl DriverStorage {
 
         // Start-up check: a round trip (authenticates too).
         if let Err(e) = db.run_command(doc! {"ping": 1}).await {
-            let unreachable = matches!(e.kind.as_ref(), ErrorKind::ServerSelection { .. });
-            let auth = matches!(e.kind.as_ref(), ErrorKind::Authentication { .. })
-                || matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == 18 || c.code == 13);
-            let message = scrub(
-                if unreachable {
-                    format!(
-                        "cannot reach MongoDB at {} ({}) within {} ms (DRIVER_SERVER_SELECTION_TIMEOUT_MS): {}",
-                        target.shown(),
-                        target.setting,
-                        ds.server_selection_timeout_ms,
-                        describe(&e)
-                    )
-                } else if auth {
-                    format!(
-                        "authentication to {} failed: check the credentials in {}: {}",
-                        target.shown(),
-                        target.setting,
-                        describe(&e)
-                    )
-                } else {
-                    format!(
-                        "MongoDB at {} ({}) refused `ping`: {}",
-                        target.shown(),
-                        target.setting,
-                        describe(&e)
-                    )
-                },
-                &target.secrets,
-            );
-            return Err(if auth {
-                StorageError::config(BACKEND, message)
-            } else {
-                StorageError::unavailable(BACKEND, message)
-            });
+            return Err(ping_error(&e, &target, ds));
         }
 
         let read: Collection<Document> = db.collection(&ds.collection);
@@ -329,6 +296,46 @@ impl DriverStorage {
     }
 }
 
+/// Why the start-up `ping` failed, secret-free: credentials refused → a configuration error;
+/// unreachable or refused otherwise → unavailable (retriable).
+fn ping_error(e: &MongoError, target: &Target, ds: &settings::Settings) -> StorageError {
+    let unreachable = matches!(e.kind.as_ref(), ErrorKind::ServerSelection { .. });
+    let auth = matches!(e.kind.as_ref(), ErrorKind::Authentication { .. })
+        || matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == 18 || c.code == 13);
+    let message = scrub(
+        if unreachable {
+            format!(
+                "cannot reach MongoDB at {} ({}) within {} ms (DRIVER_SERVER_SELECTION_TIMEOUT_MS): {}",
+                target.shown(),
+                target.setting,
+                ds.server_selection_timeout_ms,
+                describe(e)
+            )
+        } else if auth {
+            format!(
+                "authentication to {} failed: check the credentials in {}: {}",
+                target.shown(),
+                target.setting,
+                describe(e)
+            )
+        } else {
+            format!(
+                "MongoDB at {} ({}) refused `ping`: {}",
+                target.shown(),
+                target.setting,
+                describe(e)
+            )
+        },
+        &target.secrets,
+    );
+    if auth {
+        StorageError::config(BACKEND, message)
+    } else {
+        StorageError::unavailable(BACKEND, message)
+    }
+}
+
+
 /// Creates the read-back indexes (idempotent: same names and keys every time).
 async fn ensure_indexes(coll: &Collection<Document>) -> Result<(), StorageError> {
     let date = format!("{META_KEY}.{RECEIVED_DATE}");
@@ -429,6 +436,9 @@ impl Storage for DriverStorage {
             if let Some(v) = value {
                 filter.insert(format!("{META_KEY}.{field}"), v.clone());
             }
+        }
+        if let Some(asset) = &query.asset_id {
+            filter.insert("asset.id", asset.clone());
         }
         let limit = query.effective_limit() as i64;
         let sort = doc! {format!("{META_KEY}.{RECEIVED_DATE}"): -1, "_id": -1};

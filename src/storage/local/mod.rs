@@ -481,13 +481,14 @@ impl Storage for LocalStorage {
                  WHERE (?1 IS NULL OR event_type = ?1)
                    AND (?2 IS NULL OR status = ?2)
                    AND (?3 IS NULL OR object_id = ?3)
+                   AND (?5 IS NULL OR json_extract(body, '$.asset.id') = ?5)
                  ORDER BY received_ns DESC, seq DESC
                  LIMIT ?4",
             )?;
-            let rows = stmt
-                .query_map(params![q.event_type, q.status, q.object_id, limit], |r| {
-                    r.get::<_, String>(0)
-                })?;
+            let rows = stmt.query_map(
+                params![q.event_type, q.status, q.object_id, limit, q.asset_id],
+                |r| r.get::<_, String>(0),
+            )?;
             rows.map(|r| r.and_then(parse_body)).collect()
         })
         .await

@@ -13,6 +13,10 @@
 //! | garbage frames: binary, text that is not UTF-8, anything raw | [`Conn::send_binary`], [`Conn::send_raw_text`] |
 //! | server pings (pongs counted per connection) | [`Conn::ping`], [`Conn::pongs`] |
 //! | REST faults per object and step: 5xx/4xx, 429 + `Retry-After`, slow, truncated body, invalid JSON | [`FakePlatform::rest_faults`] |
+//!
+//! REST calls other than GET (an extension approving or failing a request) are recorded
+//! ([`FakePlatform::api_calls`]: method, path, JSON body, authorization) and answered `200 {}`
+//! unless scripted ([`FakePlatform::answer_api`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -77,6 +81,20 @@ pub fn setup_response_frame(data: &Value) -> Value {
     json!({"version": 2, "message_type": "setup_response", "data": data})
 }
 
+/// One REST call other than GET, as the fake saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiCall {
+    pub method: String,
+    /// Path and raw query, exactly as sent.
+    pub path: String,
+    /// The JSON body (`null` when empty or not JSON).
+    pub body: Value,
+    pub authorization: String,
+}
+
+/// Scripted answers (status, JSON body) to one method and path, consumed one per call.
+pub type ApiAnswers = VecDeque<(u16, Value)>;
+
 /// One REST request as the fake saw it.
 #[derive(Debug, Clone)]
 pub struct RestRequest {
@@ -109,6 +127,12 @@ pub struct PlatformState {
     pub rest_faults: Mutex<HashMap<(RestStep, String), FaultPlan>>,
     /// REST calls by (step, object id), faulty ones included.
     pub rest_calls: Mutex<HashMap<(RestStep, String), usize>>,
+    /// Every REST call other than GET, in arrival order.
+    pub api_calls: Mutex<Vec<ApiCall>>,
+    /// Other GET resources by path (e.g. a schedule): see [`FakePlatform::add_resource`].
+    pub resources: Mutex<HashMap<String, Value>>,
+    /// Scripted answers by (method, path): consumed one per call; then `200 {}`.
+    pub api_answers: Mutex<HashMap<(String, String), ApiAnswers>>,
 }
 
 /// Which Connect REST call of a background task.
@@ -397,6 +421,29 @@ impl FakePlatform {
     }
     pub fn rest_log(&self) -> Vec<RestRequest> {
         self.state.rest_log.lock().unwrap().clone()
+    }
+    /// Serves `value` for `GET {path}` (e.g. `/public/v1/devops/services/…/schedules/…`).
+    pub fn add_resource(&self, path: &str, value: Value) {
+        self.state
+            .resources
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), value);
+    }
+    /// Every REST call other than GET so far, in arrival order.
+    pub fn api_calls(&self) -> Vec<ApiCall> {
+        self.state.api_calls.lock().unwrap().clone()
+    }
+    /// Answers the next calls of `method path` (e.g. `POST`, `/public/v1/requests/PR-1/approve`)
+    /// with these statuses and JSON bodies, one per call; later calls get `200 {}`.
+    pub fn answer_api(&self, method: &str, path: &str, answers: &[(u16, Value)]) {
+        self.state
+            .api_answers
+            .lock()
+            .unwrap()
+            .entry((method.to_string(), path.to_string()))
+            .or_default()
+            .extend(answers.iter().cloned());
     }
     /// Waits (≤ 20 s) until `n` object GETs arrived.
     pub async fn wait_object_gets(&self, n: usize) {
@@ -822,6 +869,31 @@ async fn rest(
             .unwrap_or("")
             .to_string()
     };
+    if req.method() != axum::http::Method::GET {
+        let method = req.method().to_string();
+        let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        st.api_calls.lock().unwrap().push(ApiCall {
+            method: method.clone(),
+            path: target.clone(),
+            body,
+            authorization: h("authorization"),
+        });
+        let answer = st
+            .api_answers
+            .lock()
+            .unwrap()
+            .get_mut(&(method, target))
+            .and_then(VecDeque::pop_front)
+            .unwrap_or((200, json!({})));
+        return Response::builder()
+            .status(StatusCode::from_u16(answer.0).unwrap())
+            .header("content-type", "application/json")
+            .body(Body::from(answer.1.to_string()))
+            .unwrap();
+    }
     st.rest_log.lock().unwrap().push(RestRequest {
         target: target.clone(),
         authorization: h("authorization"),
@@ -929,7 +1001,11 @@ async fn rest(
             None => reply(404, json!({"error_code": "NOT_FOUND"})),
         };
     }
-    reply(404, json!({"error_code": "NOT_FOUND", "path": path}))
+    let resource = st.resources.lock().unwrap().get(&path).cloned();
+    match resource {
+        Some(v) => reply(200, v),
+        None => reply(404, json!({"error_code": "NOT_FOUND", "path": path})),
+    }
 }
 
 /// Counts the call and takes the next planned fault of (step, id), if any.

@@ -172,6 +172,41 @@ impl Harness {
         extra: &[(&str, &str)],
         hook: Option<RegistryHook>,
     ) -> Harness {
+        Self::start_options(
+            platform,
+            extra,
+            AppOptions {
+                registry_hook: hook,
+                connect_tuning: fast_tuning(),
+                extension: None,
+            },
+        )
+        .await
+    }
+
+    /// The daemon running an SDK extension against `platform`.
+    pub async fn start_extension(
+        platform: Arc<FakePlatform>,
+        extension: connect_extension_mongodb::sdk::Extension,
+        extra: &[(&str, &str)],
+    ) -> Harness {
+        Self::start_options(
+            platform,
+            extra,
+            AppOptions {
+                registry_hook: None,
+                connect_tuning: fast_tuning(),
+                extension: Some(extension),
+            },
+        )
+        .await
+    }
+
+    pub async fn start_options(
+        platform: Arc<FakePlatform>,
+        extra: &[(&str, &str)],
+        options: AppOptions,
+    ) -> Harness {
         capture_logs();
         let dir = tempfile::tempdir().unwrap();
         let mut env = env_for(&platform, &dir.path().join("data"));
@@ -181,15 +216,7 @@ impl Harness {
         let empty = dir.path().join("empty.toml");
         std::fs::write(&empty, "").unwrap();
         let settings = Settings::load_with(Some(&empty), move |k| env.get(k).cloned()).unwrap();
-        let app = App::build_with(
-            settings,
-            AppOptions {
-                registry_hook: hook,
-                connect_tuning: fast_tuning(),
-            },
-        )
-        .await
-        .unwrap();
+        let app = App::build_with(settings, options).await.unwrap();
         let storage = app.storage();
         let http = app.http_addr();
         let stop = CancellationToken::new();

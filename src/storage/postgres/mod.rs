@@ -201,6 +201,110 @@ fn schema_sql(table: &str) -> String {
     sql
 }
 
+/// The group INSERT: seven arrays, one cached statement for every group size.
+fn insert_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO \"{table}\" (id, event_type, status, object_id, asset_id, received_at, body) \
+         SELECT i, e, s, o, a, r::timestamptz, b::json \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+         AS u(i, e, s, o, a, r, b) \
+         ON CONFLICT (id) DO NOTHING RETURNING id"
+    )
+}
+
+/// The pool over `target` with rustls (nothing is connected yet).
+fn build_pool(target: &url::Target, s: &Settings) -> Result<Pool, StorageError> {
+    let config_err = |m: String| StorageError::config(BACKEND, format!("POSTGRES_URL: {m}"));
+    let tls = url::tls_config(target).map_err(config_err)?;
+    let mut config = target.config.clone();
+    let connect_timeout = Duration::from_millis(s.connect_timeout_ms.max(1));
+    let op_timeout = Duration::from_millis(s.operation_timeout_ms.max(1));
+    config.connect_timeout(connect_timeout);
+    if config.get_application_name().is_none() {
+        config.application_name("connect-extension-mongodb");
+    }
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(s.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(op_timeout))
+        .create_timeout(Some(connect_timeout))
+        .recycle_timeout(Some(op_timeout))
+        .build()
+        .map_err(|e| StorageError::internal(BACKEND, format!("pool: {e}")))
+}
+
+/// The first connection (authenticates): refused credentials, database or privilege → `Config`,
+/// anything else `Unavailable`; the message names POSTGRES_URL and shows it redacted.
+async fn first_connection(
+    pool: &Pool,
+    scrub: &Scrub,
+    shown: &str,
+) -> Result<deadpool_postgres::Object, StorageError> {
+    pool.get().await.map_err(|e| {
+        let err = pool_error(e, scrub);
+        let config = err.kind() == ErrorKind::Config;
+        let message = format!(
+            "{} PostgreSQL at {shown} (POSTGRES_URL): {}",
+            if config { "refused by" } else { "cannot connect to" },
+            err.message()
+        );
+        StorageError::new(
+            if config {
+                ErrorKind::Config
+            } else {
+                ErrorKind::Unavailable
+            },
+            BACKEND,
+            scrub.text(message),
+        )
+    })
+}
+
+/// Creates the table and its indexes ([`schema_sql`], one transaction under an advisory lock).
+async fn create_schema(
+    pool: &Pool,
+    scrub: &Scrub,
+    shown: &str,
+    table: &str,
+    op_timeout: Duration,
+) -> Result<(), StorageError> {
+    let mut client = first_connection(pool, scrub, shown).await?;
+    let schema = async {
+        let tx = client.transaction().await?;
+        tx.batch_execute(&schema_sql(table)).await?;
+        tx.commit().await
+    };
+    match tokio::time::timeout(op_timeout, schema).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            let err = scrub.error(&e);
+            let message = format!(
+                "cannot create the table `{table}` and its indexes (POSTGRES_TABLE) at {shown}: {}",
+                err.message()
+            );
+            Err(if err.is_retriable() && err.kind() != ErrorKind::Internal {
+                StorageError::new(err.kind(), BACKEND, message)
+            } else {
+                StorageError::config(BACKEND, message)
+            })
+        }
+        Err(_) => Err(StorageError::timeout(
+            BACKEND,
+            format!(
+                "creating the table `{table}` at {shown} took longer than {} ms (POSTGRES_OPERATION_TIMEOUT_MS)",
+                op_timeout.as_millis()
+            ),
+        )),
+    }
+}
+
 pub struct PostgresStorage {
     pool: Pool,
     writer: Arc<Writer>,
@@ -229,98 +333,15 @@ impl PostgresStorage {
         }
         let target = url::parse(s.url.expose()).map_err(config_err)?;
         let scrub = Scrub(target.secrets.clone().into());
-        let tls = url::tls_config(&target).map_err(config_err)?;
-        let mut config = target.config.clone();
-        let connect_timeout = Duration::from_millis(s.connect_timeout_ms.max(1));
         let op_timeout = Duration::from_millis(s.operation_timeout_ms.max(1));
-        config.connect_timeout(connect_timeout);
-        if config.get_application_name().is_none() {
-            config.application_name("connect-extension-mongodb");
-        }
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(s.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(op_timeout))
-            .create_timeout(Some(connect_timeout))
-            .recycle_timeout(Some(op_timeout))
-            .build()
-            .map_err(|e| StorageError::internal(BACKEND, format!("pool: {e}")))?;
-
+        let pool = build_pool(&target, s)?;
         let shown = target.shown.clone();
-        let client = match pool.get().await {
-            Ok(c) => c,
-            Err(e) => {
-                let err = pool_error(e, &scrub);
-                let message = format!(
-                    "{} PostgreSQL at {shown} (POSTGRES_URL): {}",
-                    if err.kind() == ErrorKind::Config {
-                        "refused by"
-                    } else {
-                        "cannot connect to"
-                    },
-                    err.message()
-                );
-                return Err(StorageError::new(
-                    if err.kind() == ErrorKind::Config {
-                        ErrorKind::Config
-                    } else {
-                        ErrorKind::Unavailable
-                    },
-                    BACKEND,
-                    scrub.text(message),
-                ));
-            }
-        };
-        let schema = async {
-            let mut client = client;
-            let tx = client.transaction().await?;
-            tx.batch_execute(&schema_sql(&s.table)).await?;
-            tx.commit().await
-        };
-        match tokio::time::timeout(op_timeout, schema).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let err = scrub.error(&e);
-                let message = format!(
-                    "cannot create the table `{}` and its indexes (POSTGRES_TABLE) at {shown}: {}",
-                    s.table,
-                    err.message()
-                );
-                return Err(if err.is_retriable() && err.kind() != ErrorKind::Internal {
-                    StorageError::new(err.kind(), BACKEND, message)
-                } else {
-                    StorageError::config(BACKEND, message)
-                });
-            }
-            Err(_) => {
-                return Err(StorageError::timeout(
-                    BACKEND,
-                    format!(
-                        "creating the table `{}` at {shown} took longer than {} ms (POSTGRES_OPERATION_TIMEOUT_MS)",
-                        s.table,
-                        op_timeout.as_millis()
-                    ),
-                ))
-            }
-        }
+        create_schema(&pool, &scrub, &shown, &s.table, op_timeout).await?;
 
         let table = s.table.clone();
         let writer = Arc::new(Writer {
             pool: pool.clone(),
-            insert_sql: format!(
-                "INSERT INTO \"{table}\" (id, event_type, status, object_id, asset_id, received_at, body) \
-                 SELECT i, e, s, o, a, r::timestamptz, b::json \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-                 AS u(i, e, s, o, a, r, b) \
-                 ON CONFLICT (id) DO NOTHING RETURNING id"
-            ),
+            insert_sql: insert_sql(&table),
             scrub,
             op_timeout,
             batches: AtomicU64::new(0),
@@ -499,14 +520,13 @@ impl Storage for PostgresStorage {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Value>, StorageError> {
-        // TODO(asset_id): when `ListQuery` gains `asset_id: Option<String>` (read-back by asset
-        // id), add `("asset_id", &query.asset_id)` here: the column and its index exist.
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         let mut conditions = Vec::new();
         for (column, value) in [
             ("event_type", &query.event_type),
             ("status", &query.status),
             ("object_id", &query.object_id),
+            ("asset_id", &query.asset_id),
         ] {
             if let Some(v) = value {
                 params.push(v);

@@ -65,6 +65,28 @@ fn decode(s: &str) -> String {
         .into_owned()
 }
 
+/// The URI without `sslmode` and `sslrootcert`, and their (decoded) values; `sslmode` defaults to
+/// `prefer`, as in libpq.
+fn take_tls_keys(scheme: &str, base: &str, query: Option<&str>) -> (String, String, Option<String>) {
+    let mut kept = Vec::new();
+    let mut mode = "prefer".to_string();
+    let mut root_cert = None;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "sslmode" => mode = decode(v),
+            "sslrootcert" => root_cert = Some(decode(v)),
+            _ => kept.push(pair),
+        }
+    }
+    let mut stripped = format!("{scheme}://{base}");
+    if !kept.is_empty() {
+        stripped.push('?');
+        stripped.push_str(&kept.join("&"));
+    }
+    (stripped, mode, root_cert)
+}
+
 /// Parses a libpq URI (`postgres://` or `postgresql://`). The error is secret-free.
 pub fn parse(url: &str) -> Result<Target, String> {
     let shown = redact_url(url);
@@ -101,17 +123,7 @@ pub fn parse(url: &str) -> Result<Target, String> {
         ),
         None => (rest, None),
     };
-    let mut kept = Vec::new();
-    let mut mode = "prefer".to_string();
-    let mut root_cert = None;
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "sslmode" => mode = decode(v),
-            "sslrootcert" => root_cert = Some(decode(v)),
-            _ => kept.push(pair),
-        }
-    }
+    let (stripped, mode, root_cert) = take_tls_keys(scheme, base, query);
     let (ssl_mode, verify) = match mode.as_str() {
         "disable" => (SslMode::Disable, Verify::Off),
         "allow" | "prefer" => (SslMode::Prefer, Verify::None),
@@ -124,11 +136,6 @@ pub fn parse(url: &str) -> Result<Target, String> {
             ))
         }
     };
-    let mut stripped = format!("{scheme}://{base}");
-    if !kept.is_empty() {
-        stripped.push('?');
-        stripped.push_str(&kept.join("&"));
-    }
     let mut config = tokio_postgres::Config::from_str(&stripped).map_err(|e| {
         let mut m = format!("`{shown}` is not a valid libpq URI: {e}");
         for s in &secrets {

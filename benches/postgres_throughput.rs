@@ -176,6 +176,73 @@ async fn raw_multi_row(url: &str, docs: &[EventDocument], batch: usize) -> (f64,
     (docs.len() as f64 / secs, format!("{secs:.2} s"))
 }
 
+/// Informational: the backend's own statement (`INSERT … SELECT * FROM unnest(…) ON CONFLICT (id)
+/// DO NOTHING RETURNING id`) on the same pre-serialised rows, groups of `batch`, the same number
+/// in flight: what the server costs for the statement alone, without the callers' side.
+async fn raw_unnest(url: &str, docs: &[EventDocument], batch: usize) -> (f64, String) {
+    let store = PostgresStorage::connect(&settings(url, &table("unnest"), batch))
+        .await
+        .unwrap();
+    let rows: Vec<Columns> = docs.iter().map(columns).collect();
+    let chunks: Vec<Vec<Columns>> = rows.chunks(batch).map(|c| c.to_vec()).collect();
+    let queue = Arc::new(std::sync::Mutex::new(chunks.into_iter()));
+    let sql = format!(
+        "INSERT INTO {} (id, event_type, status, object_id, asset_id, received_at, body) \
+         SELECT i, e, s, o, a, r::timestamptz, b::json \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+         AS u(i, e, s, o, a, r, b) ON CONFLICT (id) DO NOTHING RETURNING id",
+        store.table()
+    );
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..IN_FLIGHT_BATCHES {
+        let (queue, pool, sql) = (queue.clone(), store.pool().clone(), sql.clone());
+        workers.push(tokio::spawn(async move {
+            let client = pool.get().await.unwrap();
+            let stmt = client.prepare_cached(&sql).await.unwrap();
+            loop {
+                let next = queue.lock().unwrap().next();
+                let Some(chunk) = next else { break };
+                let col = |f: fn(&Columns) -> &str| chunk.iter().map(f).collect::<Vec<&str>>();
+                let assets: Vec<Option<&str>> = chunk.iter().map(|r| r.4.as_deref()).collect();
+                let (a, b, c, d, f, g) = (
+                    col(|r| &r.0),
+                    col(|r| &r.1),
+                    col(|r| &r.2),
+                    col(|r| &r.3),
+                    col(|r| &r.5),
+                    col(|r| &r.6),
+                );
+                let n = client
+                    .query(&stmt, &[&a, &b, &c, &d, &assets, &f, &g])
+                    .await
+                    .unwrap()
+                    .len();
+                assert_eq!(n, chunk.len());
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(count_and_drop(&store).await, docs.len() as i64);
+    store.close().await;
+    (docs.len() as f64 / secs, format!("{secs:.2} s"))
+}
+
+/// Informational: what turning the documents into rows costs the callers (JSON text of the body,
+/// the timestamp), on one core.
+fn serialise_cost(docs: &[EventDocument]) -> f64 {
+    let started = Instant::now();
+    let mut bytes = 0;
+    for d in docs {
+        bytes += columns(d).6.len();
+    }
+    assert!(bytes > 0);
+    docs.len() as f64 / started.elapsed().as_secs_f64()
+}
+
 /// This backend: `concurrency` tasks calling `save`, one event at a time each.
 async fn backend_saves(
     url: &str,
@@ -242,6 +309,7 @@ async fn main() {
     );
     let mut raw = Vec::new();
     let mut ours = Vec::new();
+    let mut unnest = Vec::new();
     for round in 0..rounds {
         let docs = documents(events, &format!("r{round}"));
         let (r, info) = raw_multi_row(&url, &docs, batch).await;
@@ -250,6 +318,15 @@ async fn main() {
         let (d, info) = backend_saves(&url, &docs, concurrency, batch).await;
         println!("  round {round}: postgres backend     {d:>9.0} docs/s  ({info})");
         ours.push(d);
+        if bench_mode {
+            let (u, info) = raw_unnest(&url, &docs, batch).await;
+            println!("  round {round}: raw unnest INSERT    {u:>9.0} docs/s  ({info})  [the backend's statement, pre-serialised rows, for context]");
+            unnest.push(u);
+            let c = serialise_cost(&docs);
+            println!(
+                "  round {round}: rows from documents  {c:>9.0} docs/s  [one core, for context]"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
@@ -259,6 +336,12 @@ async fn main() {
         mean(&ours),
         mean(&ours) / mean(&raw)
     );
+    if !unnest.is_empty() {
+        println!(
+            "raw unnest INSERT … ON CONFLICT … RETURNING (the backend's statement): {:.0} docs/s",
+            mean(&unnest)
+        );
+    }
     if !bench_mode {
         println!("(smoke run under cargo test: checks that every event was stored once; the figures are not a measurement — use `cargo bench --bench postgres_throughput`)");
     }

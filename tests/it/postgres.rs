@@ -467,3 +467,62 @@ fn auto_picks_postgres_when_postgres_url_is_set() {
     let e = All::from_vars([("STORAGE_BACKENDS", "postgres")]).expect_err("POSTGRES_URL required");
     assert!(e.to_string().contains("POSTGRES_URL"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The daemon on this backend (HTTP channel): fan-out, read-back, /ready
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_fans_out_to_local_and_postgres_and_reads_back_from_postgres() {
+    use crate::support::TestApp;
+    use connect_extension_mongodb::storage::EventDocument;
+    use reqwest::StatusCode;
+    let Some(url) = var("POSTGRES_URL") else {
+        return;
+    };
+    const PURCHASE: &str = include_str!("../fixtures/purchase_request.json");
+    let table = unique("t_daemon");
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(
+        dir.path(),
+        &[
+            ("STORAGE_BACKENDS", "local,postgres"),
+            ("STORAGE_PRIMARY", "postgres"),
+            ("POSTGRES_URL", &url),
+            ("POSTGRES_TABLE", &table),
+        ],
+    )
+    .await;
+    let (status, body) = app.post(PURCHASE).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["document_id"].as_str().unwrap().to_string();
+    let (status, doc) = app.get(&format!("/events/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    // The object exactly as received, keys in their order (`json`, not `jsonb`): `_id`, the
+    // object's keys, `_connect`.
+    let fixture: Value = serde_json::from_str(PURCHASE).unwrap();
+    assert_eq!(EventDocument::object_of(&doc), fixture);
+    let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
+    let mut expected = vec!["_id"];
+    expected.extend(fixture.as_object().unwrap().keys().map(String::as_str));
+    expected.push("_connect");
+    assert_eq!(keys, expected);
+    let (status, list) = app
+        .get(&format!(
+            "/events?object_id={}",
+            fixture["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["documents"][0], doc);
+    let (status, ready) = app.get("/ready").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    // Stored by the local backend too (fan-out).
+    let (again, _) = app.post(PURCHASE).await;
+    assert!(again.is_success());
+    app.stop().await;
+    let store = open(&url, &table).await;
+    assert_eq!(count(&store, "").await, 1);
+    drop_table(&store).await;
+    store.close().await;
+}

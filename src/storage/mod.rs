@@ -5,6 +5,7 @@
 //! | `local`    | `local/`      | yes (`_id` PK)  | one transaction | SQLite WAL, `synchronous=FULL`    |
 //! | `driver`   | `driver/`     | yes (E11000)    | `insert_many`   | write concern (default majority)  |
 //! | `data_api` | `data_api/`   | yes (dup. key)  | `insertMany`    | whatever the gateway's cluster has |
+//! | `postgres` | `postgres/`   | yes (`id` PK)  | one `INSERT … unnest` | the server's (`synchronous_commit`) |
 //! | `none`     | `discard.rs`  | —               | —               | none: keeps nothing (benchmarks only) |
 //!
 //! **Document shape.** The Connect object exactly as received or fetched (the tutorial stores the
@@ -43,6 +44,8 @@ backends! {
     driver,
     /// `data_api`: MongoDB Atlas through the Data API (HTTPS).
     data_api,
+    /// `postgres`: PostgreSQL (tokio-postgres, group commit).
+    postgres,
     /// `none`: keeps nothing (benchmarks only).
     discard,
 }

@@ -20,6 +20,7 @@ mod fuzz_protocol;
 mod http;
 mod leaks;
 mod logship;
+mod postgres;
 mod sdk;
 mod storage_driver_shutdown;
 mod storage_http;

@@ -319,16 +319,22 @@ async fn server_stopped_mid_stream_events_are_rescheduled_and_none_lost() {
     let rescheduled = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(16));
+    // The first 40 events may start at once; the others only once the server is down, so that
+    // the stream cannot finish before the stop takes effect (a slow `pg_ctl stop` under load).
+    const BEFORE: usize = 40;
+    let started = Arc::new(tokio::sync::Semaphore::new(BEFORE));
     let mut tasks = Vec::new();
     for event in events.clone() {
-        let (handler, done, rescheduled, failed, in_flight) = (
+        let (handler, done, rescheduled, failed, in_flight, started) = (
             handler.clone(),
             done.clone(),
             rescheduled.clone(),
             failed.clone(),
             in_flight.clone(),
+            started.clone(),
         );
         tasks.push(tokio::spawn(async move {
+            started.acquire().await.unwrap().forget();
             let _slot = in_flight.acquire().await.unwrap();
             loop {
                 match handler.handle(&event).await {
@@ -353,12 +359,13 @@ async fn server_stopped_mid_stream_events_are_rescheduled_and_none_lost() {
     }
     let failing = || failed.load(Ordering::SeqCst) > 0;
     wait_until("the first 40 events", Duration::from_secs(120), || {
-        failing() || done.load(Ordering::SeqCst) >= 40
+        failing() || done.load(Ordering::SeqCst) >= BEFORE
     })
     .await;
     assert!(!failing());
     server.run("stop").await;
     let done_while_down = done.load(Ordering::SeqCst);
+    started.add_permits(N - BEFORE);
     wait_until("reschedules while down", Duration::from_secs(120), || {
         failing() || rescheduled.load(Ordering::SeqCst) >= 20
     })

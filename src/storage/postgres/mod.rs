@@ -103,7 +103,7 @@ pub const DESCRIPTOR: Backend = Backend {
 };
 
 /// Most groups in flight at once.
-pub const IN_FLIGHT_BATCHES: usize = 2;
+pub const IN_FLIGHT_BATCHES: usize = 4;
 const QUEUE_CAPACITY: usize = 8192;
 /// Longest `close` waits for queued and in-flight groups.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);

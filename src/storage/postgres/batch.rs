@@ -10,7 +10,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{pool_error, Scrub, BACKEND};
+use super::errors::{pool_error, Scrub, BACKEND};
 use crate::storage::error::StorageError;
 use crate::storage::store::SaveOutcome;
 

@@ -10,9 +10,13 @@
 //! a protocol violation) or the server reports corruption (XX). Anything not in the table:
 //! `Unavailable` (losing an event is worse than redelivering it).
 
-use super::BACKEND;
+use deadpool_postgres::PoolError;
+use std::sync::Arc;
 use crate::storage::error::StorageError;
 use crate::storage::ErrorKind;
+
+/// The backend's name in errors, logs and metrics.
+pub(super) const BACKEND: &str = "postgres";
 
 use ErrorKind::{Config, Internal, RejectedDocument as Rejected, Timeout, Unavailable};
 
@@ -92,5 +96,38 @@ pub fn classify(e: &tokio_postgres::Error) -> StorageError {
     match e.code() {
         Some(state) => classify_sqlstate(state.code(), message),
         None => StorageError::unavailable(BACKEND, message),
+    }
+}
+
+/// Replaces the URL's password (as written and decoded) by `***` in messages.
+#[derive(Debug, Clone)]
+pub(crate) struct Scrub(pub(super) Arc<[String]>);
+
+impl Scrub {
+    pub(super) fn text(&self, s: String) -> String {
+        self.0
+            .iter()
+            .filter(|x| !x.is_empty())
+            .fold(s, |acc, secret| acc.replace(secret.as_str(), "***"))
+    }
+    pub(super) fn storage(&self, e: StorageError) -> StorageError {
+        e.map_message(|m| self.text(m))
+    }
+    /// [`classify`], scrubbed.
+    pub(super) fn error(&self, e: &tokio_postgres::Error) -> StorageError {
+        self.storage(classify(e))
+    }
+}
+
+/// A pool error: the backend's error classified, a pool timeout or a closed pool `Unavailable`.
+pub(crate) fn pool_error(e: PoolError, scrub: &Scrub) -> StorageError {
+    match e {
+        PoolError::Backend(e) => scrub.error(&e),
+        PoolError::Timeout(t) => StorageError::unavailable(
+            BACKEND,
+            format!("no connection to PostgreSQL in time ({t:?} timeout of the pool)"),
+        ),
+        PoolError::Closed => StorageError::unavailable(BACKEND, "the connection pool is closed"),
+        other => scrub.storage(StorageError::unavailable(BACKEND, other.to_string())),
     }
 }

@@ -1,5 +1,7 @@
 use super::*;
 use crate::storage::conformance::{sample_doc, Fixture};
+use super::setup::schema_sql;
+use crate::storage::ErrorKind;
 use std::sync::OnceLock;
 
 /// Every row of the research table (docs/postgres-backend.md §2), code → kind.

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::errors::{classify, classify_code, is_duplicate_key, write_concern_error};
 use super::uri::scrub_error;
-use super::BACKEND;
+use super::errors::BACKEND;
 use crate::storage::error::StorageError;
 use crate::storage::store::SaveOutcome;
 

@@ -10,7 +10,7 @@ use mongodb::Client;
 use super::errors::describe;
 use super::settings::Settings as DriverSettings;
 use super::uri::{scrub, Target};
-use super::BACKEND;
+use super::errors::BACKEND;
 use crate::storage::error::StorageError;
 
 #[derive(Clone, PartialEq, Eq)]

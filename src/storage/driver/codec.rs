@@ -6,7 +6,12 @@ use mongodb::bson::{self, Bson, Document, RawDocumentBuf};
 use percent_encoding::percent_decode_str;
 use serde_json::{Map, Number, Value};
 
-use super::{BACKEND, MAX_DOCUMENT_BYTES, RECEIVED_DATE};
+use super::errors::BACKEND;
+
+/// MongoDB's largest document.
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+/// The BSON `Date` copy of the receive time, inside `_connect` (removed on read-back).
+pub const RECEIVED_DATE: &str = "received_date";
 use crate::storage::error::StorageError;
 use crate::storage::store::{EventDocument, META_KEY};
 

@@ -2,7 +2,8 @@
 
 use mongodb::error::{Error as MongoError, ErrorKind, InsertManyError, WriteFailure};
 
-use super::BACKEND;
+/// The backend's name in errors, logs and metrics.
+pub(super) const BACKEND: &str = "driver";
 use crate::storage::error::StorageError;
 
 /// A short description of a driver error (its kind's message and labels).

@@ -84,7 +84,6 @@ use crate::storage::backend::{self, Backend};
 
 use settings::Params;
 
-const BACKEND: &str = "driver";
 
 /// This backend in the registry (`storage/mod.rs`).
 pub const DESCRIPTOR: Backend = Backend {
@@ -108,12 +107,8 @@ pub const DESCRIPTOR: Backend = Backend {
         })
     },
 };
-/// MongoDB's largest document.
-pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 /// Most `insert_many` batches in flight at once.
 pub const IN_FLIGHT_BATCHES: usize = 2;
-/// The BSON `Date` copy of the receive time, inside `_connect` (removed on read-back).
-pub const RECEIVED_DATE: &str = "received_date";
 const QUEUE_CAPACITY: usize = 8192;
 /// Longest `close` waits for queued and in-flight batches.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -127,7 +122,8 @@ mod errors;
 mod uri;
 
 pub use batch::duplicate_on_id;
-pub use codec::{decode_key, encode_key, from_stored, to_stored};
+pub use codec::{decode_key, encode_key, from_stored, to_stored, MAX_DOCUMENT_BYTES, RECEIVED_DATE};
+use errors::BACKEND;
 pub use errors::{classify, classify_code, is_duplicate_key};
 pub use uri::{encode_credential, parse_write_concern, srv_uri};
 

@@ -5,7 +5,7 @@ use mongodb::options::WriteConcern;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::settings::Settings as DriverSettings;
-use super::BACKEND;
+use super::errors::BACKEND;
 use crate::config::secret::redact_uri;
 use crate::storage::error::StorageError;
 

@@ -3,7 +3,7 @@
 #
 # Uses MONGODB_URI when it is set (your own mongod or Atlas: add `retryWrites=false` only if the
 # server is SecantusDB). Otherwise installs (once, into target/secantus/venv) and starts a
-# SecantusDB test server on a free loopback port, runs `cargo test --all-targets`, and stops the
+# SecantusDB test server on a free loopback port, runs `cargo test --all-targets` and the doc tests, and stops the
 # server on exit. A few tests also start private SecantusDB instances of their own (a server they
 # can stop and restart); they use the same venv.
 #
@@ -46,3 +46,5 @@ export POSTGRES_URL
 [[ -z ${POSTGRES_TLS_URL:-} ]] || export POSTGRES_TLS_URL
 [[ -z ${POSTGRES_TEST_CA:-} ]] || export POSTGRES_TEST_CA
 cargo test --all-targets "$@"
+# Doc tests (the crate-level SDK example must compile): `--all-targets` does not run them.
+cargo test --doc "$@"

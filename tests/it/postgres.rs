@@ -533,3 +533,63 @@ async fn daemon_fans_out_to_local_and_postgres_and_reads_back_from_postgres() {
     drop_table(&store).await;
     store.close().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// "Apply Changes": the platform's extension variables select the backend through the registry
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_url_as_an_extension_variable_moves_the_storage_to_postgres() {
+    use crate::support::{
+        background_task, log_text, purchase_object, setup_response_data, setup_response_frame,
+        Harness,
+    };
+    let Some(url) = var("POSTGRES_URL") else {
+        return;
+    };
+    let password = url::Url::parse(&url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_string))
+        .filter(|p| !p.is_empty())
+        .expect("the test server's URL has a password");
+    let table = unique("t_apply");
+    // The daemon starts on the embedded default (`auto`, nothing configured: local).
+    let h = Harness::start(&[], None).await;
+    let (mut bg, ia) = h.platform.both_channels().await;
+    assert_eq!(h.storage.current().name(), "local");
+    let before = h.storage.current();
+    let mut data = setup_response_data();
+    data["variables"] = json!([
+        {"name": "POSTGRES_URL", "value": url, "secure": true},
+        {"name": "POSTGRES_TABLE", "value": table, "secure": false}
+    ]);
+    bg.send(&setup_response_frame(&data));
+    ia.send(&setup_response_frame(&data));
+    assert!(
+        h.storage_swapped_from(&before).await,
+        "storage was not rebuilt"
+    );
+    drop(before);
+    assert_eq!(h.storage.current().name(), "postgres");
+    h.platform
+        .add_object(purchase_object("PR-PGAPPLY-0001", "pending"));
+    bg.send(&background_task("TQ-PGAPPLY-1", "PR-PGAPPLY-0001"));
+    let results = bg.results(1).await;
+    assert!(
+        results
+            .values()
+            .all(|r| r["data"]["output"]["result"] == "success"),
+        "{results:?}"
+    );
+    let store = open(&url, &table).await;
+    assert_eq!(
+        count(&store, "WHERE object_id = 'PR-PGAPPLY-0001'").await,
+        1
+    );
+    drop_table(&store).await;
+    store.close().await;
+    assert!(
+        !log_text().contains(&password),
+        "the URL's password reached the logs"
+    );
+}

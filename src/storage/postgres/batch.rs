@@ -179,6 +179,12 @@ impl Writer {
     }
 
     async fn statement(&self, rows: &[&Row]) -> Result<HashSet<String>, StorageError> {
+        // Rows in id order: every transaction takes its row locks in the same order, so two
+        // groups holding the same ids (two replicas, a redelivery) never deadlock (40P01). The
+        // outcome of each document is read from `RETURNING id`, whatever the order.
+        let mut sorted = rows.to_vec();
+        sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let rows = &sorted[..];
         let client = self.pool.get().await.map_err(|e| pool_error(e, &self.scrub))?;
         let stmt = client
             .prepare_cached(&self.insert_sql)

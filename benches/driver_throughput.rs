@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use connect_extension_mongodb::config::Settings;
+use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::events::{Event, EventType, Source};
 use connect_extension_mongodb::storage::driver::{to_stored, DriverStorage, IN_FLIGHT_BATCHES};
 use connect_extension_mongodb::storage::IdStrategy;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use connect_extension_mongodb::config::Settings;
+use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::App;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;

@@ -60,10 +60,13 @@ pub mod redact;
 pub(crate) mod retry;
 pub(crate) mod sanitize;
 pub mod sdk;
+pub mod settings;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 pub(crate) mod tls;
+
+pub use settings::Settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,7 +75,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, Settings};
+use crate::config::ConfigError;
 use crate::events::Registry;
 use crate::http::AppState;
 use crate::storage::{SharedStorage, StorageError};

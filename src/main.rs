@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use connect_extension_mongodb::config::Settings;
+use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::{shutdown, telemetry, App};
 
 // Allocator: jemalloc (tikv-jemallocator), measured in BENCHMARKS.md ("Connect channel"). With

@@ -2,7 +2,7 @@
 //! `User-Agent` of the upgrade.
 
 use super::ConnectError;
-use crate::config::Settings;
+use crate::settings::Settings;
 use url::Url;
 
 /// The container id as the runner derives it (`/proc/1/cpuset`, else the overlay `upperdir`

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::protocol::{LoggingMeta, SetupResponse, Variable};
-use crate::config::{env_vars, Settings};
+use crate::settings::{env_vars, Settings};
 use crate::redact::Scrubber;
 use crate::storage::settings::Fingerprint;
 use crate::storage::SharedStorage;

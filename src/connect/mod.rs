@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::events::persist::PersistHandler;
 use crate::events::validation::EchoValidation;
 use crate::events::{EventType, Handler, Registry};

@@ -111,7 +111,7 @@ impl Settings {
         split_list(&self.audience)
     }
 
-    /// Syntax checks of the channel's own settings (called by `config::Settings::validate`).
+    /// Syntax checks of the channel's own settings (called by `settings::Settings::validate`).
     pub fn check(&self) -> Result<(), ConfigError> {
         for a in self.audience_list() {
             if !["vendor", "distributor", "reseller"].contains(&a.as_str()) {

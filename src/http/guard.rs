@@ -136,7 +136,7 @@ mod tests {
     use crate::config::secret::Secret;
 
     fn policy(list: &str, token: &str) -> HostPolicy {
-        let mut http = crate::config::Settings::from_vars([("HTTP_LISTEN", "127.0.0.1:0")])
+        let mut http = crate::settings::Settings::from_vars([("HTTP_LISTEN", "127.0.0.1:0")])
             .unwrap()
             .http;
         http.allowed_hosts = list.into();

@@ -1,5 +1,5 @@
 //! The HTTP listener's settings (`[http]`) and their syntax check; the numeric ranges are in
-//! `config::Settings::bounds`.
+//! `settings::Settings::bounds`.
 
 use std::net::SocketAddr;
 
@@ -57,8 +57,8 @@ impl Settings {
     }
 }
 
-/// Syntax checks of the HTTP listener's own settings (called by `config::Settings::validate`;
-/// the numeric ranges are in `config::Settings::bounds`, which must agree with `serve`'s
+/// Syntax checks of the HTTP listener's own settings (called by `settings::Settings::validate`;
+/// the numeric ranges are in `settings::Settings::bounds`, which must agree with `serve`'s
 /// `TIMEOUT_MS_RANGE` and `MAX_CONNECTIONS_RANGE`).
 pub fn check_settings(http: &Settings) -> Result<(), ConfigError> {
     parse_allow_list(&http.allowed_hosts).map_err(|e| setting_error("http.allowed_hosts", e))?;

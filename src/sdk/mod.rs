@@ -29,7 +29,7 @@ pub use crate::events::{Event, EventType, Outcome, Status};
 pub use crate::storage::ListQuery;
 pub use context::{ApiError, Client, Context, Store, Variables};
 
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::connect::protocol::VariableDecl;
 use crate::connect::ExtensionSetup;
 use crate::events::persist::PersistHandler;

@@ -77,7 +77,7 @@ impl Storage for Discard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
+    use crate::settings::Settings;
 
     #[tokio::test]
     async fn keeps_nothing_and_is_selected_only_by_name() {

@@ -226,7 +226,7 @@ impl Settings {
         Ok(kind)
     }
 
-    /// Checks of the storage settings (called by `config::Settings::validate`): the backend list,
+    /// Checks of the storage settings (called by `settings::Settings::validate`): the backend list,
     /// the primary, and each backend's own checks.
     pub fn check(&self) -> Result<(), ConfigError> {
         let backends = self.resolve_backends()?;

@@ -23,7 +23,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use connect_extension_mongodb::config::{env_vars, reference_toml, EnvVar, Settings};
+use connect_extension_mongodb::config::EnvVar;
+use connect_extension_mongodb::settings::{env_vars, reference_toml};
+use connect_extension_mongodb::Settings;
 
 /// `config/default.toml` followed by every backend's `default.toml`, as the loader layers them.
 fn defaults() -> String {

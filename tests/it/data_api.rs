@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bson::{doc, Bson, Document};
-use connect_extension_mongodb::config::Settings;
+use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::storage::conformance as c;
 use connect_extension_mongodb::storage::data_api::{DataApiStorage, RetryPolicy};
 use connect_extension_mongodb::storage::{ErrorKind, SaveOutcome, Storage};

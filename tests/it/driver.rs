@@ -422,7 +422,7 @@ async fn fan_out_configuration_writes_both_and_reads_from_the_primary() {
 // ---------------------------------------------------------------------------------------------
 
 /// Quick failure detection for outage tests.
-fn outage_settings(s: &mut connect_extension_mongodb::config::Settings) {
+fn outage_settings(s: &mut connect_extension_mongodb::Settings) {
     s.storage
         .section_mut::<connect_extension_mongodb::storage::driver::settings::Settings>()
         .unwrap()

@@ -464,7 +464,7 @@ async fn wrong_password_is_a_configuration_error_with_the_password_redacted() {
 
 #[test]
 fn auto_picks_postgres_when_postgres_url_is_set() {
-    use connect_extension_mongodb::config::Settings as All;
+    use connect_extension_mongodb::Settings as All;
     let s = All::from_vars([("POSTGRES_URL", "postgres://u:pw@127.0.0.1:1/db")]).unwrap();
     let kinds = s.storage.backend_list().unwrap();
     assert_eq!(

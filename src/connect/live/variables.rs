@@ -1,7 +1,7 @@
 //! Extension variables → storage settings: which variables are declared to the platform, which
 //! storage key each sets, which are refused (see the module doc of `live`).
 
-use crate::config::{env_vars, Settings};
+use crate::settings::{env_vars, Settings};
 use crate::connect::protocol::VariableDecl;
 use crate::storage::data_api::settings::Settings as DataApiSettings;
 use crate::storage::driver::settings::Settings as DriverSettings;

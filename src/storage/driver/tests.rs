@@ -1,7 +1,7 @@
 use super::codec::{bson_to_json, json_to_bson};
 use super::uri::{scrub_error, uri_password};
 use super::*;
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::storage::ErrorKind;
 use mongodb::bson::Bson;
 use serde_json::json;

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use connect_extension_mongodb::config::Settings;
+use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::connect::Tuning;
 use connect_extension_mongodb::storage::{ListQuery, SharedStorage};
 use connect_extension_mongodb::{App, AppError, AppOptions, RegistryHook};

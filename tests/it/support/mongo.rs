@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use connect_extension_mongodb::config::Settings;
+use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::storage::driver::DriverStorage;
 use connect_extension_mongodb::storage::Storage;
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::secret::{redact_uri, redact_url, SecretUrl};
 use crate::events::EventType;
 use crate::storage::data_api::settings::Settings as DataApi;
 use crate::storage::driver::settings::Settings as Driver;

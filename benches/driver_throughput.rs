@@ -13,11 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::events::{Event, EventType, Source};
 use connect_extension_mongodb::storage::driver::{to_stored, DriverStorage, IN_FLIGHT_BATCHES};
 use connect_extension_mongodb::storage::IdStrategy;
 use connect_extension_mongodb::storage::{EventDocument, SaveOutcome, Storage};
+use connect_extension_mongodb::Settings;
 use mongodb::bson::{doc, Document};
 use serde_json::{json, Value};
 

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::App;
+use connect_extension_mongodb::Settings;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 

@@ -107,10 +107,22 @@ pub type RegistryHook = Box<dyn FnOnce(&mut Registry, &Arc<SharedStorage>, &Arc<
 pub struct AppOptions {
     pub registry_hook: Option<RegistryHook>,
     pub connect_tuning: connect::Tuning,
-    /// An SDK extension ([`sdk::Extension`]): its handlers, variables and schedulables. Installed
-    /// before `registry_hook` runs.
-    pub extension: Option<sdk::Extension>,
+    /// An extension to install (the SDK's `Extension::into_install`): its handlers, variables
+    /// and schedulables. Installed before `registry_hook` runs.
+    pub extension: Option<ExtensionInstall>,
 }
+
+/// Installs an extension: registers its handlers before the registry is frozen and returns what
+/// the Connect channel must add (declared variables, schedulables, the REST client hand-over).
+pub type ExtensionInstall = Box<
+    dyn FnOnce(
+            &mut Registry,
+            &Settings,
+            &Arc<SharedStorage>,
+            &Arc<Metrics>,
+        ) -> connect::ExtensionSetup
+        + Send,
+>;
 
 /// A built daemon: listeners bound, storage connected, not yet serving.
 pub struct App {
@@ -138,7 +150,7 @@ impl App {
             metrics.clone(),
         )?;
         let extension = match options.extension {
-            Some(ext) => ext.install(&mut registry, &settings, &storage, &metrics),
+            Some(install) => install(&mut registry, &settings, &storage, &metrics),
             None => connect::ExtensionSetup::default(),
         };
         if let Some(hook) = options.registry_hook {
@@ -155,7 +167,7 @@ impl App {
             );
             let registry = Arc::new(registry);
             let service = connect::ConnectService::build(
-                &settings,
+                Arc::new(settings.clone()),
                 registry.clone(),
                 storage.clone(),
                 metrics.clone(),

@@ -1,8 +1,8 @@
 //! Who this daemon is to the platform: the instance id, the websocket and REST endpoints, the
 //! `User-Agent` of the upgrade.
 
+use super::settings::Settings;
 use super::ConnectError;
-use crate::settings::Settings;
 use url::Url;
 
 /// The container id as the runner derives it (`/proc/1/cpuset`, else the overlay `upperdir`
@@ -66,7 +66,7 @@ fn joined(url: &Url, segments: &str) -> String {
 /// `wss://`, `ws://`) or no scheme (`https`; `http` with `CONNECT_INSECURE`, or when it is empty
 /// and derived from a `ws` server address). A path in either address is kept as a prefix.
 pub fn endpoints(settings: &Settings, instance_id: &str) -> Result<(String, String), ConnectError> {
-    let c = &settings.connect;
+    let c = settings;
     let server = c.server_address.trim();
     let ws_scheme = match explicit_scheme(server) {
         Some("ws") | Some("http") => "ws",

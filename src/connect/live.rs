@@ -29,8 +29,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::configuration::Configuration;
 use super::protocol::{LoggingMeta, SetupResponse, Variable};
-use crate::settings::{env_vars, Settings};
 use crate::redact::Scrubber;
 use crate::storage::settings::Fingerprint;
 use crate::storage::SharedStorage;
@@ -117,7 +117,7 @@ impl Merged {
 
 /// The process-wide live configuration and the storage it drives.
 pub struct LiveConfig {
-    base: Settings,
+    base: Arc<dyn Configuration>,
     merged: Mutex<Merged>,
     storage: Arc<SharedStorage>,
     scrubber: Arc<Scrubber>,
@@ -136,13 +136,13 @@ pub struct LiveConfig {
 
 impl LiveConfig {
     pub fn new(
-        base: Settings,
+        base: Arc<dyn Configuration>,
         storage: Arc<SharedStorage>,
         scrubber: Arc<Scrubber>,
         rebuild_timeout: Duration,
     ) -> Self {
         let applied = tokio::sync::Mutex::new(Applied {
-            installed: base.storage.fingerprint(),
+            installed: base.storage().fingerprint(),
             failed: None,
         });
         Self {
@@ -180,7 +180,7 @@ impl LiveConfig {
     /// The local settings with the platform's extension variables applied: one more layer of the
     /// configuration loader, holding the variables the platform may set. A variable whose value
     /// cannot be read is ignored with a WARN (never quoting a secret's value); the others apply.
-    pub fn effective_settings(&self, merged: &Merged) -> Settings {
+    pub fn effective_settings(&self, merged: &Merged) -> Arc<dyn Configuration> {
         let mut layer: Vec<(&'static str, &str, bool)> = Vec::new();
         for var in &merged.variables {
             let Some(value) = var.value.as_deref().filter(|v| !v.is_empty()) else {
@@ -215,7 +215,7 @@ impl LiveConfig {
                     .find(|v| storage_key_for_variable(&v.name) == Some(key))
                     .map_or(key, |v| v.name.as_str());
                 // The error quotes the value: never for a secret.
-                if secure || env_vars().any(|v| v.key == key && v.secret) {
+                if secure || variables::is_secret(key) {
                     tracing::warn!(variable = %name, "extension variable ignored: invalid value");
                 } else {
                     tracing::warn!(variable = %name, error = %crate::sanitize::escape_control(&e.to_string()), "extension variable ignored");
@@ -278,7 +278,7 @@ impl LiveConfig {
 
     /// Platform logging from the merged configuration (module docs).
     fn apply_logging(&self, merged: &Merged) {
-        let t = &self.base.telemetry;
+        let t = self.base.telemetry();
         let Some(token) = merged
             .logging_api_key
             .as_deref()
@@ -307,7 +307,7 @@ impl LiveConfig {
             }
             *levels
         };
-        let c = &self.base.connect;
+        let c = self.base.connect();
         let instance_id = self
             .instance_id
             .get()
@@ -343,7 +343,7 @@ impl LiveConfig {
         let mut applied = self.applied.lock().await;
         // Read the merged state under the rebuild lock, so concurrent updates apply in order.
         let settings = self.effective_settings(&self.snapshot());
-        let wanted = settings.storage.fingerprint();
+        let wanted = settings.storage().fingerprint();
         if applied.installed == wanted {
             applied.failed = None;
             return;
@@ -360,7 +360,7 @@ impl LiveConfig {
         }
         let base_discards = self
             .base
-            .storage
+            .storage()
             .fingerprint()
             .backends
             .iter()
@@ -369,8 +369,11 @@ impl LiveConfig {
             tracing::warn!("extension variables would select the discard backend (`none`): refused; keeping the current storage");
             return;
         }
-        let built =
-            tokio::time::timeout(self.rebuild_timeout, crate::storage::connect(&settings)).await;
+        let built = tokio::time::timeout(
+            self.rebuild_timeout,
+            crate::storage::connect(settings.storage()),
+        )
+        .await;
         match built {
             Ok(Ok(new)) => {
                 let name = new.name();

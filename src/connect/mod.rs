@@ -19,6 +19,7 @@
 //! [`ConnectService::run`] runs them until the platform shuts both down or the stop token fires.
 
 pub mod client;
+pub mod configuration;
 mod identity;
 pub mod live;
 pub mod protocol;
@@ -32,7 +33,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::Settings;
 use crate::events::persist::PersistHandler;
 use crate::events::validation::EchoValidation;
 use crate::events::{EventType, Handler, Registry};
@@ -40,6 +40,7 @@ use crate::http::ReadinessProbe;
 use crate::storage::SharedStorage;
 use crate::telemetry::Metrics;
 use client::{Channel, ChannelOptions, ChannelStatus, RunnerType, Shared};
+pub use configuration::Configuration;
 use identity::user_agent;
 pub use identity::{default_instance_id, endpoints};
 use protocol::{Repository, SetupRequest};
@@ -134,17 +135,17 @@ pub const PERSISTED_VALIDATION_TYPES: [EventType; 2] = [
 /// stored before the echo — unless `events.persist` already registered a handler for them.
 pub fn register_interactive_defaults(
     registry: &mut Registry,
-    settings: &Settings,
+    settings: &dyn Configuration,
     storage: Arc<SharedStorage>,
     metrics: Arc<Metrics>,
 ) {
-    if !settings.connect.persist_interactive {
+    if !settings.connect().persist_interactive {
         return;
     }
     let persist: Arc<dyn Handler> = Arc::new(PersistHandler::new(
         storage,
-        settings.storage.id_strategy,
-        settings.storage.reschedule_countdown,
+        settings.storage().id_strategy,
+        settings.storage().reschedule_countdown,
         metrics,
     ));
     let echo: Arc<dyn Handler> = Arc::new(EchoValidation::new(Some(persist)));
@@ -230,10 +231,10 @@ fn log_configured(ws_base: &str, rest_base: &str, instance_id: &str, proxy: Opti
 }
 
 /// The scrubber of logged frames, knowing every configured secret.
-fn secret_scrubber(settings: &Settings) -> Arc<crate::redact::Scrubber> {
+fn secret_scrubber(settings: &dyn Configuration) -> Arc<crate::redact::Scrubber> {
     let scrubber = Arc::new(crate::redact::Scrubber::new());
-    scrubber.add(settings.connect.api_key.expose());
-    for s in settings.storage.secrets() {
+    scrubber.add(settings.connect().api_key.expose());
+    for s in settings.storage().secrets() {
         scrubber.add(&s);
     }
     scrubber
@@ -242,16 +243,16 @@ fn secret_scrubber(settings: &Settings) -> Arc<crate::redact::Scrubber> {
 /// Answers validation tasks no handler claims: the draft unchanged, stored first with
 /// `connect.persist_interactive`.
 fn fallback_validation(
-    settings: &Settings,
+    settings: &dyn Configuration,
     storage: Arc<SharedStorage>,
     metrics: Arc<Metrics>,
 ) -> Arc<dyn Handler> {
     Arc::new(EchoValidation::new(
-        settings.connect.persist_interactive.then(|| {
+        settings.connect().persist_interactive.then(|| {
             Arc::new(PersistHandler::new(
                 storage,
-                settings.storage.id_strategy,
-                settings.storage.reschedule_countdown,
+                settings.storage().id_strategy,
+                settings.storage().reschedule_countdown,
                 metrics,
             )) as Arc<dyn Handler>
         }),
@@ -260,12 +261,12 @@ fn fallback_validation(
 
 /// The `setup_request` each channel sends after the upgrade.
 fn setup_request(
-    settings: &Settings,
+    settings: &dyn Configuration,
     registry: &Registry,
     extension: &ExtensionSetup,
 ) -> SetupRequest {
-    let c = &settings.connect;
-    let mut variables = live::declared_variables(settings);
+    let c = &settings.connect();
+    let mut variables = live::declared_variables(settings.storage());
     for v in &extension.variables {
         if !variables.iter().any(|d| d.name == v.name) {
             variables.push(v.clone());
@@ -320,16 +321,17 @@ impl ReadinessProbe for ConnectProbe {
 
 impl ConnectService {
     pub fn build(
-        settings: &Settings,
+        configuration: Arc<dyn Configuration>,
         registry: Arc<Registry>,
         storage: Arc<SharedStorage>,
         metrics: Arc<Metrics>,
         tuning: Tuning,
         extension: ExtensionSetup,
     ) -> Result<ConnectService, ConnectError> {
-        let c = &settings.connect;
+        let settings = &*configuration;
+        let c = settings.connect();
         let instance_id = instance_id_of(c);
-        let (ws_base, rest_base) = endpoints(settings, &instance_id)?;
+        let (ws_base, rest_base) = endpoints(c, &instance_id)?;
         let tls = tls_config()?;
         let proxy = proxy_of(&tuning)?;
         let agent = user_agent(&c.environment_id, &instance_id);
@@ -337,7 +339,7 @@ impl ConnectService {
 
         let scrubber = secret_scrubber(settings);
         let live = Arc::new(live::LiveConfig::new(
-            settings.clone(),
+            configuration.clone(),
             storage.clone(),
             scrubber.clone(),
             tuning.storage_rebuild_timeout,
@@ -364,7 +366,7 @@ impl ConnectService {
             scrubber,
             setup_request,
         });
-        let grace = Duration::from_secs(settings.shutdown.grace);
+        let grace = Duration::from_secs(settings.shutdown().grace);
         let local_drain = grace.saturating_sub(tuning.flush_timeout.min(grace / 4));
         let channels = [RunnerType::Background, RunnerType::Interactive]
             .into_iter()

@@ -1,4 +1,5 @@
 use super::*;
+use crate::Settings;
 
 fn settings(vars: &[(&str, &str)]) -> Settings {
     let map: std::collections::HashMap<String, String> = vars
@@ -12,7 +13,7 @@ fn settings(vars: &[(&str, &str)]) -> Settings {
 fn endpoint_schemes() {
     let s = settings(&[("ENVIRONMENT_ID", "ENV-1"), ("API_KEY", "k")]);
     assert_eq!(
-        endpoints(&s, "I").unwrap(),
+        endpoints(&s.connect, "I").unwrap(),
         (
             "wss://api.cnct.info/public/v1/devops/ws/ENV-1/I".into(),
             "https://api.cnct.info/public/v1/".into()
@@ -24,17 +25,17 @@ fn endpoint_schemes() {
         ("API_ADDRESS", "http://127.0.0.1:9001"),
     ]);
     assert_eq!(
-        endpoints(&s, "I").unwrap(),
+        endpoints(&s.connect, "I").unwrap(),
         (
             "ws://127.0.0.1:9000/public/v1/devops/ws/ENV-1/I".into(),
             "http://127.0.0.1:9001/public/v1/".into()
         )
     );
     let s = settings(&[("SERVER_ADDRESS", "h:1"), ("CONNECT_INSECURE", "true")]);
-    let (ws, api) = endpoints(&s, "I").unwrap();
+    let (ws, api) = endpoints(&s.connect, "I").unwrap();
     assert!(ws.starts_with("ws://h:1/") && api == "http://h:1/public/v1/");
     let s = settings(&[("SERVER_ADDRESS", "ftp://h")]);
-    assert!(endpoints(&s, "I")
+    assert!(endpoints(&s.connect, "I")
         .unwrap_err()
         .to_string()
         .contains("SERVER_ADDRESS"));
@@ -48,7 +49,7 @@ fn urls(server: &str, api: &str, insecure: bool) -> Result<(String, String), Str
         ("API_ADDRESS", api),
         ("CONNECT_INSECURE", if insecure { "true" } else { "false" }),
     ]);
-    endpoints(&s, "I").map_err(|e| e.to_string())
+    endpoints(&s.connect, "I").map_err(|e| e.to_string())
 }
 
 #[test]

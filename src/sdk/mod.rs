@@ -29,14 +29,14 @@ pub use crate::events::{Event, EventType, Outcome, Status};
 pub use crate::storage::ListQuery;
 pub use context::{ApiError, Client, Context, Store, Variables};
 
-use crate::settings::Settings;
 use crate::connect::protocol::VariableDecl;
 use crate::connect::ExtensionSetup;
 use crate::events::persist::PersistHandler;
 use crate::events::{Handler, Registry};
+use crate::settings::Settings;
 use crate::storage::SharedStorage;
 use crate::telemetry::Metrics;
-use crate::{App, AppError, AppOptions};
+use crate::{App, AppError, AppOptions, ExtensionInstall};
 use context::Runtime;
 
 /// A user handler: anything async taking the event and its context. Closures and `async fn`s
@@ -186,8 +186,16 @@ impl Extension {
         settings: Settings,
         mut options: AppOptions,
     ) -> Result<App, AppError> {
-        options.extension = Some(self);
+        options.extension = Some(self.into_install());
         App::build_with(settings, options).await
+    }
+
+    /// This extension as an installer for [`AppOptions::extension`] (to build the [`App`] with
+    /// other options yourself).
+    pub fn into_install(self) -> ExtensionInstall {
+        Box::new(move |registry, settings, storage, metrics| {
+            self.install(registry, settings, storage, metrics)
+        })
     }
 
     /// Runs the daemon as the default binary's `run` does: settings from the environment (and

@@ -23,7 +23,6 @@
 //! Secrets are `Secret`s, URLs that may carry credentials are shown only through
 //! `crate::config::redact_url`.
 
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -39,7 +38,6 @@ use crate::shutdown::Settings as ShutdownSettings;
 use crate::storage::settings::Settings as StorageSettings;
 use crate::storage::BACKENDS;
 use crate::telemetry::settings::Settings as TelemetrySettings;
-
 
 /// The whole configuration: each section is owned by its module, which also checks its syntax;
 /// this module layers and loads it, and holds the one table of numeric ranges ([`Settings::bounds`]).
@@ -331,3 +329,30 @@ fn accepted_values(key: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests;
+
+/// The channel's view of the whole configuration ([`crate::connect::Configuration`]).
+impl crate::connect::Configuration for Settings {
+    fn connect(&self) -> &ConnectSettings {
+        &self.connect
+    }
+    fn storage(&self) -> &StorageSettings {
+        &self.storage
+    }
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
+    fn shutdown(&self) -> &ShutdownSettings {
+        &self.shutdown
+    }
+    fn with_overrides(
+        &self,
+        overrides: &[(&str, &str)],
+    ) -> Result<std::sync::Arc<dyn crate::connect::Configuration>, ConfigError> {
+        Ok(std::sync::Arc::new(Settings::with_overrides(
+            self, overrides,
+        )?))
+    }
+    fn validate(&self) -> Result<(), ConfigError> {
+        Settings::validate(self)
+    }
+}

@@ -136,10 +136,9 @@ async fn ready_is_red_until_the_channels_are_set_up() {
     env.insert("SERVER_ADDRESS".into(), "ws://127.0.0.1:1".into());
     let empty = dir.path().join("e.toml");
     std::fs::write(&empty, "").unwrap();
-    let settings = connect_extension_mongodb::Settings::load_with(Some(&empty), move |k| {
-        env.get(k).cloned()
-    })
-    .unwrap();
+    let settings =
+        connect_extension_mongodb::Settings::load_with(Some(&empty), move |k| env.get(k).cloned())
+            .unwrap();
     let app = connect_extension_mongodb::App::build_with(
         settings,
         connect_extension_mongodb::AppOptions {

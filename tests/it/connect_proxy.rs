@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::connect::Tuning;
+use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::{App, AppOptions};
 use serde_json::Value;
 use support::*;

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bson::{doc, Bson, Document};
-use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::storage::conformance as c;
 use connect_extension_mongodb::storage::data_api::{DataApiStorage, RetryPolicy};
 use connect_extension_mongodb::storage::{ErrorKind, SaveOutcome, Storage};
+use connect_extension_mongodb::Settings;
 use data_api_server::{DataApiServer, Fault, ServerConfig};
 use serde_json::{json, Value};
 

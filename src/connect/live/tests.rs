@@ -1,5 +1,6 @@
 use super::*;
 use crate::connect::protocol::{Logging, Variable};
+use crate::Settings;
 
 fn var(name: &str, value: &str) -> Variable {
     Variable {
@@ -92,7 +93,7 @@ fn secure_variables_are_declared_with_a_placeholder() {
         ("DB_PASSWORD", "pw-SECRET"),
     ])
     .unwrap();
-    let decls = declared_variables(&s);
+    let decls = declared_variables(&s.storage);
     for d in &decls {
         assert!(!d.initial_value.contains("SECRET"), "{d:?}");
     }

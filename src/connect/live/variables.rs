@@ -1,10 +1,11 @@
 //! Extension variables → storage settings: which variables are declared to the platform, which
 //! storage key each sets, which are refused (see the module doc of `live`).
 
-use crate::settings::{env_vars, Settings};
+use crate::config::env::{EnvVar, ENV_VARS};
 use crate::connect::protocol::VariableDecl;
 use crate::storage::data_api::settings::Settings as DataApiSettings;
 use crate::storage::driver::settings::Settings as DriverSettings;
+use crate::storage::settings::Settings as StorageSettings;
 use crate::storage::BACKENDS;
 
 /// The initial value declared for a secure variable: never the local secret (the platform would
@@ -15,8 +16,7 @@ pub const SECURE_PLACEHOLDER: &str = "";
 /// The extension variables declared in `setup_request` (issue 3 / the tutorial), in order, with
 /// their initial values taken from the local configuration — secure ones get
 /// [`SECURE_PLACEHOLDER`].
-pub fn declared_variables(settings: &Settings) -> Vec<VariableDecl> {
-    let s = &settings.storage;
+pub fn declared_variables(s: &StorageSettings) -> Vec<VariableDecl> {
     let data_api = s.section::<DataApiSettings>();
     let driver = s.section::<DriverSettings>();
     let text = |v: Option<&String>| v.map(String::as_str).unwrap_or("").to_string();
@@ -78,7 +78,7 @@ pub fn storage_key_for_variable(name: &str) -> Option<&'static str> {
     if !extension_variables().any(|v| v == name) {
         return None;
     }
-    env_vars()
+    storage_vars()
         .find(|v| v.name == name && v.key.starts_with("storage."))
         .map(|v| v.key)
 }
@@ -86,5 +86,18 @@ pub fn storage_key_for_variable(name: &str) -> Option<&'static str> {
 /// A storage variable the platform may not set (`STORAGE_BACKENDS`, `LOCAL_DATA_DIR`, …).
 pub fn refused_variable(name: &str) -> bool {
     storage_key_for_variable(name).is_none()
-        && env_vars().any(|v| v.name == name && v.key.starts_with("storage."))
+        && storage_vars().any(|v| v.name == name && v.key.starts_with("storage."))
+}
+
+/// The variables that set a `storage.*` key: the common ones and every backend's.
+fn storage_vars() -> impl Iterator<Item = &'static EnvVar> {
+    ENV_VARS
+        .iter()
+        .chain(BACKENDS.iter().flat_map(|b| b.env.iter()))
+        .filter(|v| v.key.starts_with("storage."))
+}
+
+/// Whether `key` holds a secret (its value is never quoted in a log line).
+pub(super) fn is_secret(key: &str) -> bool {
+    storage_vars().any(|v| v.key == key && v.secret)
 }

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::connect::Tuning;
 use connect_extension_mongodb::storage::{ListQuery, SharedStorage};
+use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::{App, AppError, AppOptions, RegistryHook};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -196,7 +196,7 @@ impl Harness {
             AppOptions {
                 registry_hook: None,
                 connect_tuning: fast_tuning(),
-                extension: Some(extension),
+                extension: Some(extension.into_install()),
             },
         )
         .await

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use connect_extension_mongodb::Settings;
 use connect_extension_mongodb::storage::driver::DriverStorage;
 use connect_extension_mongodb::storage::Storage;
+use connect_extension_mongodb::Settings;
 
 const HOW: &str =
     "run the MongoDB tests with `scripts/test.sh` (it starts a SecantusDB test server \

@@ -24,7 +24,7 @@ pub const fn secret(name: &'static str, key: &'static str) -> EnvVar {
 }
 
 /// The environment variables of the core sections, and the key each sets. Each storage backend
-/// lists its own (`Backend::env`); `config::env_vars()` gives them all.
+/// lists its own (`Backend::env`); `settings::env_vars()` gives them all.
 pub const ENV_VARS: &[EnvVar] = &[
     var("HTTP_LISTEN", "http.listen"),
     secret("HTTP_TOKEN", "http.token"),

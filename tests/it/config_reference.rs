@@ -1,7 +1,7 @@
 //! The configuration reference must not drift from the code.
 //!
 //! Sources of truth: `config/default.toml` (every key, its default, and a `# env: NAME — meaning`
-//! comment) and `config::env_vars()` (the variables the loader actually reads: `config::ENV_VARS` and each
+//! comment) and `settings::env_vars()` (the variables the loader actually reads: `config::ENV_VARS` and each
 //! storage backend's own, with their sections in `src/storage/<name>/default.toml`). From them this test
 //! derives the reference table in `docs/operations.md` and the commented `.env.example`, and checks:
 //!
@@ -313,7 +313,7 @@ fn generate_env_example(r: &Reference) -> String {
     let mut out = String::from(
         "# connect-extension-mongodb — environment for `docker compose` (copy to .env: `cp .env.example .env`).
 #
-# GENERATED from config/default.toml, src/storage/*/default.toml and config::env_vars() by tests/it/config_reference.rs;
+# GENERATED from config/default.toml, src/storage/*/default.toml and settings::env_vars() by tests/it/config_reference.rs;
 # regenerate with: UPDATE_CONFIG_REFERENCE=1 cargo test --test it config_reference
 #
 # Format: plain KEY=value lines, no quotes, no `export` (docker-compose 1.x takes values literally).

@@ -1,8 +1,8 @@
 //! Who this daemon is to the platform: the instance id, the websocket and REST endpoints, the
 //! `User-Agent` of the upgrade.
 
+use super::error::ConnectError;
 use super::settings::Settings;
-use super::ConnectError;
 use url::Url;
 
 /// The container id as the runner derives it (`/proc/1/cpuset`, else the overlay `upperdir`

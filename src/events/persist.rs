@@ -12,7 +12,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Event, Handler, Outcome};
+use super::registry::{Handler, Outcome};
+use super::types::Event;
 use crate::storage::{EventDocument, IdStrategy, Provenance, SaveOutcome, SharedStorage};
 use crate::telemetry::{EventLabels, Metrics};
 

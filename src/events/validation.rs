@@ -6,7 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{Event, Handler, Outcome};
+use super::registry::{Handler, Outcome};
+use super::types::Event;
 
 pub struct EchoValidation {
     /// When set, the draft is stored first; a storage failure fails the validation (never a

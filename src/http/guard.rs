@@ -28,7 +28,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::settings::{parse_allow_list, split_authority, Allowed, Settings as HttpSettings};
-use super::ApiError;
+use super::state::ApiError;
 use crate::sanitize::escaped_excerpt;
 
 /// Which `Host` values `/events…` accepts.

@@ -28,7 +28,8 @@ use axum::{Extension, Json};
 use futures_util::future::join_all;
 use serde_json::{json, Map, Value};
 
-use super::{guard, ApiError, AppState};
+use super::guard;
+use super::state::{ApiError, AppState};
 use crate::events::{Event, EventType, Outcome, Source};
 use crate::sanitize::{escape_control, escaped_excerpt};
 

@@ -18,6 +18,7 @@ mod guard;
 mod ingest;
 mod serve;
 pub mod settings;
+mod state;
 
 pub use guard::HostPolicy;
 pub use serve::{serve, ServeLimits};
@@ -32,70 +33,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::config::secret::Secret;
-use crate::events::Registry;
 use crate::sanitize::escaped_excerpt;
-use crate::storage::{ListQuery, SharedStorage, StorageError};
-use crate::telemetry::Metrics;
+use crate::storage::ListQuery;
 use settings::Settings as HttpSettings;
-
-/// Readiness of the parts beyond storage (the Connect channels), reported by their owners.
-pub trait ReadinessProbe: Send + Sync + 'static {
-    /// `None` when ready, else why not.
-    fn not_ready_reason(&self) -> Option<String>;
-}
-
-/// Everything the HTTP handlers need; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub registry: Arc<Registry>,
-    pub storage: Arc<SharedStorage>,
-    pub metrics: Arc<Metrics>,
-    pub token: Secret,
-    pub max_body_bytes: usize,
-    pub probes: Vec<Arc<dyn ReadinessProbe>>,
-}
-
-/// A JSON error body: `{"error": "...", "code": "..."}`.
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": self.message, "code": self.code})),
-        )
-            .into_response()
-    }
-}
-
-impl From<StorageError> for ApiError {
-    fn from(e: StorageError) -> Self {
-        let status = if e.is_retriable() {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        ApiError::new(status, "storage_error", e.to_string())
-    }
-}
+pub use state::{ApiError, AppState, ReadinessProbe};
 
 /// The routes, with the `Host` check and the token on `/events…` (outermost first: Host, token),
 /// and the body deadline of `http`.

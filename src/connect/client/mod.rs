@@ -52,7 +52,7 @@ use crate::config::secret::Secret;
 use crate::connect::live::LiveConfig;
 use crate::connect::protocol::{self, SetupRequest};
 use crate::connect::tasks::{Definitions, TaskContext};
-use crate::connect::Tuning;
+use crate::connect::tuning::Tuning;
 use crate::redact::Scrubber;
 use crate::telemetry::{ChannelLabels, Metrics};
 mod handshake;

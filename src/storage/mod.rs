@@ -56,6 +56,7 @@ pub mod bson_json;
 pub mod conformance;
 mod error;
 pub mod fanout;
+pub(crate) mod group;
 pub mod settings;
 pub mod store;
 

@@ -8,20 +8,14 @@ use std::time::Duration;
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::error::{ErrorKind, InsertManyError};
 use mongodb::Collection;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use async_trait::async_trait;
 
 use super::errors::{classify, classify_code, is_duplicate_key, write_concern_error};
 use super::uri::scrub_error;
 use super::errors::BACKEND;
 use crate::storage::error::StorageError;
+use crate::storage::group::{GroupWrite, Results};
 use crate::storage::store::SaveOutcome;
-
-pub(super) type Results = Vec<Result<SaveOutcome, StorageError>>;
-
-pub(super) struct Job {
-    pub(super) docs: Vec<RawDocumentBuf>,
-    pub(super) reply: oneshot::Sender<Results>,
-}
 
 pub(super) struct Writer {
     pub(super) coll: Collection<RawDocumentBuf>,
@@ -31,65 +25,18 @@ pub(super) struct Writer {
     pub(super) documents: AtomicU64,
 }
 
-pub(super) async fn batcher(
-    writer: Arc<Writer>,
-    mut rx: mpsc::Receiver<Job>,
-    batch_max: usize,
-    wait: Duration,
-    in_flight: Arc<Semaphore>,
-) {
-    use mpsc::error::TryRecvError;
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let mut count = first.docs.len();
-        let mut jobs = vec![first];
-        let deadline = tokio::time::Instant::now() + wait;
-        while count < batch_max {
-            let next = match rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) if wait.is_zero() => None,
-                Err(TryRecvError::Empty) => tokio::time::timeout_at(deadline, rx.recv())
-                    .await
-                    .ok()
-                    .flatten(),
-            };
-            match next {
-                Some(job) => {
-                    count += job.docs.len();
-                    jobs.push(job);
-                }
-                None => break,
-            }
-        }
-        let writer = writer.clone();
-        tokio::spawn(async move {
-            writer.write_jobs(jobs).await;
-            drop(permit);
-        });
+/// One group: one `insert_many` (counted for [`super::DriverStorage::batch_stats`]).
+#[async_trait]
+impl GroupWrite<RawDocumentBuf> for Writer {
+    async fn write(&self, docs: &[&RawDocumentBuf]) -> Results {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.documents
+            .fetch_add(docs.len() as u64, Ordering::Relaxed);
+        self.insert(docs).await
     }
 }
 
 impl Writer {
-    pub(super) async fn write_jobs(&self, jobs: Vec<Job>) {
-        let docs: Vec<&RawDocumentBuf> = jobs.iter().flat_map(|j| j.docs.iter()).collect();
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.documents
-            .fetch_add(docs.len() as u64, Ordering::Relaxed);
-        let results = self.insert(&docs).await;
-        drop(docs);
-        let mut results = results.into_iter();
-        for job in jobs {
-            let mine: Results = results.by_ref().take(job.docs.len()).collect();
-            let _ = job.reply.send(mine);
-        }
-    }
-
     pub(super) fn timeout_error(&self) -> StorageError {
         StorageError::timeout(
             BACKEND,

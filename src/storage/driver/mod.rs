@@ -72,7 +72,7 @@ use mongodb::error::{Error as MongoError, ErrorKind};
 use mongodb::options::{CollectionOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::storage::error::StorageError;
@@ -127,7 +127,8 @@ use errors::BACKEND;
 pub use errors::{classify, classify_code, is_duplicate_key};
 pub use uri::{encode_credential, parse_write_concern, srv_uri};
 
-use batch::{batcher, Job, Results, Writer};
+use batch::Writer;
+use crate::storage::group::{batcher, submit, Job, Results};
 use client::{release_client, shared_client, ClientHandle};
 use errors::describe;
 use uri::{scrub, scrub_error, Target};
@@ -140,7 +141,7 @@ pub struct DriverStorage {
     handle: Arc<ClientHandle>,
     read: Collection<Document>,
     writer: Arc<Writer>,
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    tx: Mutex<Option<mpsc::Sender<Job<RawDocumentBuf>>>>,
     batcher: Mutex<Option<JoinHandle<()>>>,
     in_flight: Arc<Semaphore>,
     database: String,
@@ -249,36 +250,9 @@ impl DriverStorage {
         &self.read
     }
 
-    fn closed() -> StorageError {
-        StorageError::unavailable(BACKEND, "the driver storage is shutting down")
-    }
-
     async fn submit(&self, docs: Vec<RawDocumentBuf>) -> Results {
-        let n = docs.len();
-        let Some(tx) = self.tx.lock().expect("driver tx lock").clone() else {
-            return vec![Err(Self::closed()); n];
-        };
-        let (reply, rx) = oneshot::channel();
-        if tx.send(Job { docs, reply }).await.is_err() {
-            return vec![Err(Self::closed()); n];
-        }
-        match rx.await {
-            Ok(r) if r.len() == n => r,
-            Ok(_) => vec![
-                Err(StorageError::internal(
-                    BACKEND,
-                    "wrong number of results from the batch writer"
-                ));
-                n
-            ],
-            Err(_) => vec![
-                Err(StorageError::unavailable(
-                    BACKEND,
-                    "the batch writer stopped before answering"
-                ));
-                n
-            ],
-        }
+        let tx = self.tx.lock().expect("driver tx lock").clone();
+        submit(tx, docs, BACKEND).await
     }
 
     async fn with_timeout<T>(

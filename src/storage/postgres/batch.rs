@@ -4,17 +4,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use async_trait::async_trait;
 
 use super::errors::{pool_error, Scrub, BACKEND};
 use crate::storage::error::StorageError;
+use crate::storage::group::{GroupWrite, Results};
 use crate::storage::store::SaveOutcome;
-
-pub(super) type Results = Vec<Result<SaveOutcome, StorageError>>;
 
 /// One document in its stored form (checked: no NUL in a text column).
 #[derive(Debug, Clone)]
@@ -30,11 +28,6 @@ pub(super) struct Row {
     pub(super) body: String,
 }
 
-pub(super) struct Job {
-    pub(super) rows: Vec<Row>,
-    pub(super) reply: oneshot::Sender<Results>,
-}
-
 pub(super) struct Writer {
     pub(super) pool: Pool,
     pub(super) insert_sql: String,
@@ -44,62 +37,14 @@ pub(super) struct Writer {
     pub(super) documents: AtomicU64,
 }
 
-pub(super) async fn batcher(
-    writer: Arc<Writer>,
-    mut rx: mpsc::Receiver<Job>,
-    batch_max: usize,
-    wait: Duration,
-    in_flight: Arc<Semaphore>,
-) {
-    use mpsc::error::TryRecvError;
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let mut count = first.rows.len();
-        let mut jobs = vec![first];
-        let deadline = tokio::time::Instant::now() + wait;
-        while count < batch_max {
-            let next = match rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) if wait.is_zero() => None,
-                Err(TryRecvError::Empty) => tokio::time::timeout_at(deadline, rx.recv())
-                    .await
-                    .ok()
-                    .flatten(),
-            };
-            match next {
-                Some(job) => {
-                    count += job.rows.len();
-                    jobs.push(job);
-                }
-                None => break,
-            }
-        }
-        let writer = writer.clone();
-        tokio::spawn(async move {
-            writer.write_jobs(jobs).await;
-            drop(permit);
-        });
+#[async_trait]
+impl GroupWrite<Row> for Writer {
+    async fn write(&self, rows: &[&Row]) -> Results {
+        self.write_group(rows).await
     }
 }
 
 impl Writer {
-    pub(super) async fn write_jobs(&self, jobs: Vec<Job>) {
-        let rows: Vec<&Row> = jobs.iter().flat_map(|j| j.rows.iter()).collect();
-        let results = self.write(&rows).await;
-        drop(rows);
-        let mut results = results.into_iter();
-        for job in jobs {
-            let mine: Results = results.by_ref().take(job.rows.len()).collect();
-            let _ = job.reply.send(mine);
-        }
-    }
-
     pub(super) fn timeout_error(&self) -> StorageError {
         StorageError::timeout(
             BACKEND,
@@ -112,7 +57,7 @@ impl Writer {
 
     /// One result per row: the in-group duplicates (same id) are removed first (the first one
     /// is written; the others are `Duplicate`, or share its error), then one statement.
-    pub(super) async fn write(&self, rows: &[&Row]) -> Results {
+    async fn write_group(&self, rows: &[&Row]) -> Results {
         let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
         let mut unique: Vec<&Row> = Vec::with_capacity(rows.len());
         let slot: Vec<usize> = rows

@@ -61,7 +61,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 
@@ -78,7 +78,8 @@ pub mod url;
 mod batch;
 mod setup;
 
-use batch::{batcher, Job, Results, Row, Writer};
+use batch::{Row, Writer};
+use crate::storage::group::{batcher, submit, Job, Results};
 pub use errors::{classify, classify_sqlstate, kind_of, SQLSTATES};
 use errors::{pool_error, Scrub, BACKEND};
 use setup::{build_pool, create_schema, insert_sql};
@@ -149,7 +150,7 @@ fn to_row(doc: &EventDocument) -> Result<Row, StorageError> {
 pub struct PostgresStorage {
     pool: Pool,
     writer: Arc<Writer>,
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    tx: Mutex<Option<mpsc::Sender<Job<Row>>>>,
     batcher: Mutex<Option<JoinHandle<()>>>,
     in_flight: Arc<Semaphore>,
     table: String,
@@ -232,36 +233,9 @@ impl PostgresStorage {
         &self.pool
     }
 
-    fn closed() -> StorageError {
-        StorageError::unavailable(BACKEND, "the postgres storage is shutting down")
-    }
-
     async fn submit(&self, rows: Vec<Row>) -> Results {
-        let n = rows.len();
-        let Some(tx) = self.tx.lock().expect("postgres tx lock").clone() else {
-            return vec![Err(Self::closed()); n];
-        };
-        let (reply, rx) = oneshot::channel();
-        if tx.send(Job { rows, reply }).await.is_err() {
-            return vec![Err(Self::closed()); n];
-        }
-        match rx.await {
-            Ok(r) if r.len() == n => r,
-            Ok(_) => vec![
-                Err(StorageError::internal(
-                    BACKEND,
-                    "wrong number of results from the group writer"
-                ));
-                n
-            ],
-            Err(_) => vec![
-                Err(StorageError::unavailable(
-                    BACKEND,
-                    "the group writer stopped before answering"
-                ));
-                n
-            ],
-        }
+        let tx = self.tx.lock().expect("postgres tx lock").clone();
+        submit(tx, rows, BACKEND).await
     }
 
     /// Runs one query (cached statement) under the operation timeout; the `body` column of each row.

@@ -4,8 +4,9 @@
 //! still means "stored"). For a *pending* request the handler then looks in the store: when an
 //! earlier request for the same asset with the same items was already *approved*, it does not
 //! approve again (`skip`); otherwise it calls `POST /public/v1/requests/{id}/approve` with the
-//! template from the extension variable `TEMPLATE_ID`. A 4xx from the API → `fail` with the API's
-//! message; a 5xx, a timeout or a network error → `retry` (the platform redelivers).
+//! template from the extension variable `TEMPLATE_ID`. A 4xx about the request → `fail` with the
+//! API's message; refused credentials (401/403), throttling (429), a 5xx, a timeout or a network
+//! error → `retry` (the platform redelivers).
 //!
 //! Run: `API_KEY=… ENVIRONMENT_ID=… cargo run --example approve_purchase`.
 
@@ -79,7 +80,7 @@ pub async fn approve(event: Event, ctx: Context) -> Outcome {
         }
         Err(e) => {
             tracing::warn!(request = %event.object_id, error = %e, "approval failed");
-            e.outcome() // 4xx → fail with the API's message; 5xx / timeout → retry
+            e.outcome() // a 4xx about the request → fail with the API's message; credentials (401/403), 429, 5xx, timeout → retry
         }
     }
 }

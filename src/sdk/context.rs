@@ -185,12 +185,15 @@ impl ApiError {
         self.to_string()
     }
 
-    /// The usual answer to a failed call: a 4xx (other than 429) is `fail` with the API's
-    /// message (the request is wrong; redelivering will not help); anything else (5xx,
-    /// timeouts, network errors, 429) is `retry`.
+    /// The usual answer to a failed call: a 4xx about the request (400, 404, 409, 422, …) is
+    /// `fail` with the API's message (redelivering will not help); credentials, permissions, a
+    /// proxy, a timeout or throttling (401, 403, 407, 408, 429), a 5xx and network errors are
+    /// `retry` — they are about the installation or the network, and a wrong `fail` loses the
+    /// event.
     pub fn outcome(&self) -> Outcome {
         match self.status() {
-            Some(s) if (400..500).contains(&s) && s != 429 => Outcome::fail(self.api_message()),
+            Some(401 | 403 | 407 | 408 | 429) => Outcome::retry(self.to_string()),
+            Some(s) if (400..500).contains(&s) => Outcome::fail(self.api_message()),
             _ => Outcome::retry(self.to_string()),
         }
     }
@@ -217,5 +220,34 @@ impl Store {
     /// when stored or already there, `reschedule` / `fail` otherwise).
     pub async fn save(&self, event: &Event) -> Outcome {
         self.rt.persist.handle(event).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16) -> ApiError {
+        ApiError::Rest(RestError::Status {
+            method: "POST",
+            path: "requests/PR-1/approve".into(),
+            status,
+            body: r#"{"error_code": "REQ_001", "errors": ["bad template"]}"#.into(),
+        })
+    }
+
+    #[test]
+    fn only_a_4xx_about_the_request_is_a_fail() {
+        for s in [400, 404, 409, 422] {
+            assert_eq!(
+                status(s).outcome(),
+                Outcome::fail("bad template"),
+                "HTTP {s}"
+            );
+        }
+        for s in [401, 403, 407, 408, 429, 500, 502, 503] {
+            assert_eq!(status(s).outcome().result_name(), "retry", "HTTP {s}");
+        }
+        assert_eq!(ApiError::Unavailable.outcome().result_name(), "retry");
     }
 }
